@@ -1,0 +1,46 @@
+# Two commands do all set-up on a fresh machine with Python 3.11+: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.edgefleet-installed
+# Tests wait on brokers and child processes more than on the CPU: more workers than cores.
+PYTEST_WORKERS ?= 4
+PYTEST_ARGS ?=
+
+.PHONY: venv lint typecheck layers test test-fast demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[all,dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy edge cloud firmware_bridge models simulators bench
+
+layers: venv
+	$(BIN)/lint-imports
+
+test: lint typecheck layers
+	$(BIN)/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+# The quick loop while developing: everything but the slow end-to-end tests.
+test-fast: venv
+	$(BIN)/pytest -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
+
+demo: venv
+	$(BIN)/edgefleet demo
+
+bench: venv
+	@set -e; for f in bench/*.py; do \
+	  case $$(basename $$f) in _*) continue;; esac; \
+	  echo "== $$f"; $(BIN)/python $$f; done
+
+clean:
+	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache
