@@ -1,0 +1,1 @@
+"""The model zoo: reference models, training, conversion, quantization and bundle packaging."""
