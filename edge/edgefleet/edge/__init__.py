@@ -1,0 +1,1 @@
+"""The device agent: sources, runtimes, outbox, uplink and model delivery."""

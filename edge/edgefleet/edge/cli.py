@@ -1,0 +1,73 @@
+"""``edgefleet agent``: run the agent, check a config in one dry pass, print a sample, status."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from edgefleet.edge.config import SAMPLE, load_config
+
+app = typer.Typer(
+    help="Run and inspect the device agent.", no_args_is_help=True, add_completion=False
+)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The agent's TOML config file.")]
+
+
+@app.command()
+def run(
+    config: ConfigOpt,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    in_process: Annotated[
+        bool,
+        typer.Option(
+            "--in-process",
+            help="Run inside this CLI process instead of exec'ing the lean launcher "
+            "(python -m edgefleet.edge), which keeps typer and rich out of the agent's memory.",
+        ),
+    ] = False,
+) -> None:
+    """Run the agent until SIGTERM or Ctrl-C (then it flushes and says "offline")."""
+    load_config(config)  # a bad config fails here, as one clear error of this CLI
+    if not in_process:
+        from edgefleet.edge.launcher import exec_launcher
+
+        exec_launcher(str(config), log_level)
+    from edgefleet.edge.runner import run_agent
+
+    run_agent(config, log_level)
+
+
+@app.command()
+def check(
+    config: ConfigOpt,
+    windows: Annotated[int, typer.Option(help="How many results to compute.")] = 3,
+) -> None:
+    """One dry pass: read samples, infer, print what would be sent; publish and store nothing."""
+    from edgefleet.edge.dryrun import dry_run
+
+    cfg = load_config(config)
+    console = Console()
+    for line in asyncio.run(dry_run(cfg, windows)):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+@app.command("config-sample")
+def config_sample() -> None:
+    """Print a commented sample configuration."""
+    typer.echo(SAMPLE, nl=False)
+
+
+@app.command()
+def status(config: ConfigOpt) -> None:
+    """Outbox depth and drops, boots, and the model in each slot (reads the state files only)."""
+    from edgefleet.edge.dryrun import describe_state
+
+    cfg = load_config(config)
+    console = Console()
+    for line in describe_state(cfg):
+        console.print(line, highlight=False, soft_wrap=True)

@@ -1,0 +1,165 @@
+"""Commands from the cloud: parse, check, dispatch, and always answer or log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from edgefleet.protocol import topics
+from edgefleet.protocol.codec import check_topic, decode
+from edgefleet.protocol.errors import EdgefleetError, ProtocolError
+from edgefleet.protocol.messages import (
+    AssignModel,
+    Command,
+    CommandAck,
+    Commit,
+    SetConfig,
+    StartTraining,
+)
+
+if TYPE_CHECKING:
+    from edgefleet.edge.agent import Agent
+
+log = logging.getLogger(__name__)
+_REMEMBER = 256
+
+
+class _Peek(msgspec.Struct):
+    command_id: str = ""
+
+
+class CommandHandler:
+    """Turns command messages into agent actions and acks; malformed ones change nothing."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        # Redelivered QoS 1 commands (persistent sessions) must not run twice.
+        self._done: OrderedDict[str, CommandAck | None] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.rejected = 0
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """Handle one message from a command subscription (event-loop thread)."""
+        try:
+            parsed = topics.parse(topic)
+        except ProtocolError as exc:
+            self._bad(topic, exc, payload)
+            return
+        if parsed.kind is not topics.Kind.CMD:
+            return
+        try:
+            msg = decode(payload)
+            check_topic(parsed, msg)
+        except ProtocolError as exc:
+            self._bad(topic, exc, payload, parsed.name)
+            return
+        if isinstance(msg, Commit):
+            self._spawn(self._commit(msg))
+            return
+        assert isinstance(msg, Command)
+        if msg.command_id in self._done:
+            ack = self._done[msg.command_id]
+            if ack is not None:
+                self._send(ack.command, msg.command_id, ack.status, ack.reason, ack.detail)
+            return
+        self._done[msg.command_id] = None
+        while len(self._done) > _REMEMBER:
+            self._done.popitem(last=False)
+        if msg.expires_at is not None and msg.expires_at < self.agent.clock():
+            self.ack(msg, "refused", "expired", "the command expired before it arrived")
+            return
+        if isinstance(msg, AssignModel):
+            self.ack(msg, "received", None, f"downloading {msg.model}@{msg.version}")
+            self._spawn(self.agent.assign_model(msg))
+        elif isinstance(msg, SetConfig):
+            self._spawn(self.agent.set_config(msg))
+        else:
+            assert isinstance(msg, StartTraining)  # COMMANDS lists no other kinds
+            self._spawn(self.agent.start_training(msg))
+
+    async def _commit(self, msg: Commit) -> None:
+        await self.agent.uplink.on_commit(msg)
+
+    def ack(
+        self,
+        cmd: Command,
+        status: str,
+        reason: str | None = None,
+        detail: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """Queue an ack for ``cmd`` (through the outbox: acks are records too)."""
+        name = str(type(cmd).__struct_config__.tag).split("/")[0]
+        ack = self._send(name, cmd.command_id, status, reason, detail, data)
+        if status != "received":
+            self._done[cmd.command_id] = ack
+
+    def _send(  # noqa: PLR0917 - the fields of one ack
+        self,
+        name: str,
+        command_id: str,
+        status: str,
+        reason: str | None,
+        detail: str | None,
+        data: dict[str, Any] | None = None,
+    ) -> CommandAck:
+        a = self.agent
+        proto = CommandAck(
+            device_id=a.device_id,
+            boot_id=a.sequencer.boot_id,
+            seq=0,
+            sent_at=a.clock(),
+            command_id=command_id,
+            command=name,
+            status=status,  # type: ignore[arg-type]
+            reason=reason,
+            detail=(detail or "")[:4000] or None,
+            data=data or {},
+        )
+
+        def build(boot: str, seq: int) -> CommandAck:
+            return msgspec.structs.replace(proto, boot_id=boot, seq=seq, sent_at=a.clock())
+
+        a.uplink.add_message("cmd-ack", topics.command_ack(a.fleet, a.device_id, name), build)
+        a.flush_soon()
+        return proto
+
+    def _bad(
+        self, topic: str, exc: EdgefleetError, payload: bytes, name: str | None = None
+    ) -> None:
+        """A command we cannot run: ack it refused if it names itself, else log an event."""
+        self.rejected += 1
+        log.warning("refused command on %s: %s", topic, exc)
+        peek_id = ""
+        with contextlib.suppress(msgspec.DecodeError, UnicodeDecodeError):
+            peek_id = msgspec.json.decode(payload, type=_Peek).command_id
+        if peek_id and name and name in _known_names():
+            try:
+                topics.validate_id(peek_id, "command id")
+                self._send(name, peek_id, "refused", exc.reason, str(exc))
+                return
+            except ProtocolError:
+                pass
+        self.agent.event(
+            "bad-command",
+            "warning",
+            f"{topic}: {exc}",
+            {"topic": topic[:200], "reason": exc.reason},
+        )
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _known_names() -> set[str]:
+    from edgefleet.protocol.messages import COMMANDS
+
+    return set(COMMANDS) - {"commit"}

@@ -1,0 +1,228 @@
+"""Model delivery on the device: download, verify, check, smoke-test, swap, or refuse.
+
+The order is the security argument: the archive's size and sha256 are checked against the
+command, then the bundle's Ed25519 signature and every file hash, all before any model parser
+(LiteRT, ONNX Runtime) reads a byte of it. Only a verified, compatible bundle is loaded, and
+only one that reproduces its golden vectors becomes active.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edgefleet.edge.config import DeliveryConfig
+from edgefleet.edge.errors import DownloadFailed, GoldenMismatch, Incompatible
+from edgefleet.edge.pipeline import check_compatible
+from edgefleet.edge.runtime import Runtime, load_runtime
+from edgefleet.edge.runtime.base import Array
+from edgefleet.edge.slots import Slots
+from edgefleet.edge.verify import Checked, Verifier
+from edgefleet.protocol.errors import BundleError, HashMismatch
+from edgefleet.protocol.messages import AssignModel
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+_CHUNK = 1 << 16
+
+
+def download(url: str, dest: Path, size: int, *, timeout: float, retries: int) -> Path:
+    """Fetch ``url`` into ``dest``, resuming a partial file with an HTTP Range request."""
+    # Imported here: urllib.request pulls in http.client and email, which a device only
+    # needs while a bundle downloads.
+    import urllib.error
+    import urllib.request
+
+    part = dest.with_suffix(dest.suffix + ".part")
+    last = ""
+    for _ in range(retries + 1):
+        have = part.stat().st_size if part.exists() else 0
+        if have > size:
+            part.unlink()
+            have = 0
+        if have == size and size > 0:
+            break
+        req = urllib.request.Request(url)  # noqa: S310 - http(s) only, checked below
+        if have:
+            req.add_header("Range", f"bytes={have}-")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+                mode = "ab" if have and resp.status == 206 else "wb"
+                with open(part, mode) as f:
+                    while chunk := resp.read(_CHUNK):
+                        f.write(chunk)
+                        if f.tell() > size:
+                            raise DownloadFailed(
+                                f"{url} sent more than the {size} bytes the command announced",
+                                reason="size-mismatch",
+                            )
+            if part.stat().st_size == size:
+                break
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416:  # range not satisfiable: our partial file is stale
+                part.unlink(missing_ok=True)
+            last = f"HTTP {exc.code} {exc.reason}"
+            if 400 <= exc.code < 500 and exc.code not in (408, 416, 429):
+                break
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            last = str(getattr(exc, "reason", exc))
+    got = part.stat().st_size if part.exists() else 0
+    if got != size:
+        raise DownloadFailed(
+            f"downloading {url} got {got} of {size} bytes" + (f" ({last})" if last else ""),
+            reason="size-mismatch" if not last else "download-failed",
+        )
+    os.replace(part, dest)
+    return dest
+
+
+def check_model_shapes(runtime: Runtime, bundle: Checked) -> None:
+    """Raise :class:`Incompatible` if the model file's tensors are not what the manifest says."""
+    m = bundle.manifest
+    for what, spec, actual in (
+        ("input", m.inputs[0], runtime.input_shape),
+        ("output", m.outputs[0], runtime.output_shape),
+    ):
+        if list(actual[1:]) != list(spec.shape[1:]):
+            raise Incompatible(
+                f"{m.ref}: the model's {what} has shape {list(actual)}, but the manifest says "
+                f"{spec.shape}: the bundle does not describe its own model"
+            )
+
+
+def check_golden(runtime: Runtime, bundle: Checked) -> None:
+    """Run the bundle's golden inputs and compare with its golden outputs, or raise."""
+    golden = bundle.golden()
+    spec = bundle.manifest.golden
+    if golden is None or spec is None:
+        raise GoldenMismatch(
+            f"{bundle.manifest.ref} has no golden vectors to smoke-test with", reason="no-golden"
+        )
+    feeds: dict[str, Array] = {k: np.asarray(v, dtype=np.float32) for k, v in golden.inputs.items()}
+    try:
+        outputs = runtime.run_feeds(feeds)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise GoldenMismatch(f"{bundle.manifest.ref}: golden inputs do not run: {exc}") from None
+    for name, expected in golden.outputs.items():
+        want = np.asarray(expected, dtype=np.float32)
+        got = np.asarray(outputs.get(name), dtype=np.float32)
+        if got.shape != want.shape:
+            raise GoldenMismatch(
+                f"{bundle.manifest.ref}: output {name!r} has shape {got.shape}, golden {want.shape}"
+            )
+        if spec.match == "argmax":
+            ok = bool(np.array_equal(got.argmax(axis=-1), want.argmax(axis=-1)))
+        else:
+            ok = bool(np.allclose(got, want, atol=spec.atol, rtol=spec.rtol))
+        if not ok:
+            worst = float(np.max(np.abs(got - want)))
+            raise GoldenMismatch(
+                f"{bundle.manifest.ref}: output {name!r} differs from its golden vector "
+                f"(max abs diff {worst:.3g}, atol {spec.atol}, match {spec.match})"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A verified, compatible bundle unpacked into the inactive slot, not yet active."""
+
+    slot: str
+    bundle: Checked
+
+
+class Delivery:
+    """The steps of installing a bundle; the agent runs each on the right executor."""
+
+    def __init__(
+        self,
+        cfg: DeliveryConfig,
+        slots: Slots,
+        verifier: Verifier | Sequence[Ed25519PublicKey],
+        source_channels: Sequence[str],
+        downloads: Path,
+    ) -> None:
+        self.cfg = cfg
+        self.slots = slots
+        if isinstance(verifier, Sequence):
+            # Trusted keys as objects (the original signature): verify in this process.
+            from edgefleet.edge.verify.inprocess import InProcessVerifier
+
+            verifier = InProcessVerifier.from_keys(verifier)
+        self.verifier: Verifier = verifier
+        self.channels = list(source_channels)
+        self.downloads = Path(downloads)
+
+    def fetch(self, cmd: AssignModel) -> Path:
+        """Download the archive a command names and check its size and sha256."""
+        if not cmd.url.startswith(("http://", "https://")):
+            raise DownloadFailed(f"bundle URL {cmd.url!r} is not http(s)", reason="bad-url")
+        if cmd.size > self.cfg.max_bundle_bytes:
+            raise DownloadFailed(
+                f"bundle is {cmd.size} bytes; this device accepts at most "
+                f"{self.cfg.max_bundle_bytes} (delivery.max_bundle_bytes)",
+                reason="too-large",
+            )
+        self.downloads.mkdir(parents=True, exist_ok=True)
+        dest = self.downloads / f"{cmd.sha256}.tar.gz"
+        if not dest.exists():
+            download(cmd.url, dest, cmd.size, timeout=self.cfg.timeout_s, retries=self.cfg.retries)
+        h = hashlib.sha256()
+        with open(dest, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        if h.hexdigest() != cmd.sha256:
+            dest.unlink()
+            raise HashMismatch(
+                f"the downloaded archive's sha256 is {h.hexdigest()[:16]}..., the command says "
+                f"{cmd.sha256[:16]}...: it was corrupted or replaced in transit",
+                reason="archive-mismatch",
+            )
+        return dest
+
+    def stage(self, archive: Path, expect: tuple[str, str] | None = None) -> Staged:
+        """Unpack into the inactive slot, verify signature and hashes, check compatibility."""
+        slot = self.slots.inactive()
+        path = self.slots.prepare()
+        try:
+            bundle = self.verifier.unpack_and_verify(archive, path)
+            m = bundle.manifest
+            if expect is not None and (m.name, m.version) != expect:
+                raise BundleError(
+                    f"the command assigns {expect[0]}@{expect[1]} but the bundle is {m.ref}",
+                    reason="wrong-model",
+                )
+            check_compatible(m, self.channels)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        return Staged(slot, bundle)
+
+    def smoke_test(self, staged: Staged, override: str, threads: int) -> Runtime:
+        """Load the staged model and check it against its golden vectors (inference thread)."""
+        runtime = load_runtime(
+            staged.bundle.path, staged.bundle.manifest, override=override, threads=threads
+        )
+        try:
+            check_model_shapes(runtime, staged.bundle)
+            check_golden(runtime, staged.bundle)
+        except BaseException:
+            runtime.close()
+            raise
+        return runtime
+
+    def activate(self, staged: Staged) -> None:
+        """Flip the pointer to the staged slot (atomic; the old slot stays for rollback)."""
+        self.slots.activate(staged.slot, staged.bundle.manifest.ref)
+
+    def discard(self, staged: Staged) -> None:
+        """Throw away a staged bundle that failed a later step."""
+        if self.slots.active() != staged.slot:
+            shutil.rmtree(staged.bundle.path, ignore_errors=True)

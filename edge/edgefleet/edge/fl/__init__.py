@@ -1,0 +1,1 @@
+"""Federated learning on the device: SuperNode supervision, training policy, LiteRT trainer."""

@@ -1,0 +1,370 @@
+"""The uplink: owns seqs, the outbox writes, batching, in-order replay, commits and counters.
+
+Results are queued in memory without a seq; a flush (every ``flush_interval_s``) gives them
+consecutive seqs and writes them to the outbox in one durable transaction, so every seq of a
+boot that exists was stored and a crash never leaves a hole (docs/agent.md). Rows leave the
+outbox only when the cloud's Commit covers them. After every (re)connection the whole outbox is
+replayed from its oldest row, in order; the cloud dedupes on ``(device_id, boot_id, seq)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from edgefleet.edge.config import UplinkConfig
+from edgefleet.edge.outbox import Outbox, Row, StoredRow
+from edgefleet.edge.pipeline import Result
+from edgefleet.edge.sequencer import Sequencer
+from edgefleet.edge.transport.base import Transport
+from edgefleet.protocol import topics
+from edgefleet.protocol.codec import MAX_PAYLOAD_BYTES, Codec
+from edgefleet.protocol.messages import (
+    Commit,
+    CommitRange,
+    Envelope,
+    InferenceBatch,
+    InferenceRecord,
+    ReadingBatch,
+    ReadingRecord,
+)
+
+log = logging.getLogger(__name__)
+
+_INFERENCE, _READINGS, _SINGLE = 0, 1, 2
+MessageFactory = Callable[[str, int], Envelope]
+
+
+@dataclass(slots=True)
+class UplinkCounters:
+    """What the uplink has done since it started (reported in health and by the CLI)."""
+
+    queued: int = 0
+    stored: int = 0
+    dropped: int = 0
+    published_messages: int = 0
+    published_records: int = 0
+    committed: int = 0
+    replays: int = 0
+    resends: int = 0
+
+
+class Uplink:
+    """Moves records from memory to the outbox to the broker, and deletes them on commit."""
+
+    def __init__(
+        self,
+        cfg: UplinkConfig,
+        outbox: Outbox,
+        transport: Transport | None,
+        sequencer: Sequencer,
+        codec: Codec,
+        *,
+        fleet: str,
+        device_id: str,
+        db_executor: Executor,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.outbox = outbox
+        self.transport = transport
+        self.seq = sequencer
+        self.codec = codec
+        self.fleet = fleet
+        self.device_id = device_id
+        self._db = db_executor
+        self._clock = clock
+        self._pending: list[tuple[int, str, str, str, Any]] = []
+        self._pending_records = 0
+        self._rec_enc = msgspec.msgpack.Encoder()
+        self._inf_dec = msgspec.msgpack.Decoder(InferenceRecord)
+        self._read_dec = msgspec.msgpack.Decoder(ReadingRecord)
+        self._inference_topic = topics.telemetry(fleet, device_id, "inference")
+        self._cursor = 0
+        self._unacked = 0
+        # Bumped on every reconnect and resend: a read that straddles one is stale.
+        self._session = 0
+        # Bumped by every flush; a read that came back short (nothing past it) remembers the
+        # value it started at, so the sender skips the outbox while nothing new was written
+        # (each record wakes it three times: flush, PUBACK, commit).
+        self._written = 0
+        self._read_all = -1
+        # (last row id, monotonic time) of each publish, oldest first, for resend decisions.
+        self._sent: deque[tuple[int, float]] = deque()
+        self._last_check = 0.0
+        self._wake = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._stopping = False
+        self.counters = UplinkCounters()
+        self.depth = outbox.depth
+        self.drops = outbox.drops
+
+    # ------------------------------------------------------------------ producing
+
+    def add_results(self, model: str, version: str, results: Sequence[Result]) -> None:
+        """Queue inference results of one model (the hot path: one append per chunk)."""
+        if results:
+            self._pending.append(
+                (_INFERENCE, "inference", self._inference_topic, f"{model}@{version}", results)
+            )
+            self._pending_records += len(results)
+            self.counters.queued += len(results)
+
+    def add_readings(
+        self,
+        stream: str,
+        channels: Sequence[str],
+        t0: float,
+        rate_hz: float,
+        samples: npt.NDArray[np.float32],
+    ) -> None:
+        """Queue raw samples as a readings stream."""
+        topic = topics.telemetry(self.fleet, self.device_id, stream)
+        self._pending.append((_READINGS, stream, topic, ",".join(channels), (t0, rate_hz, samples)))
+        self._pending_records += len(samples)
+        self.counters.queued += len(samples)
+
+    def add_message(self, stream: str, topic: str, factory: MessageFactory) -> None:
+        """Queue one message (health, drift, event, ack) built once its seq is known."""
+        self._pending.append((_SINGLE, stream, topic, "", factory))
+        self._pending_records += 1
+        self.counters.queued += 1
+
+    @property
+    def pending(self) -> int:
+        """Records queued in memory, not yet in the outbox."""
+        return self._pending_records
+
+    def _encode(self, items: list[tuple[int, str, str, str, Any]]) -> list[Row]:
+        """Give queued items their seqs and bytes (runs on the outbox thread)."""
+        boot, enc = self.seq.boot_id, self._rec_enc.encode
+        rows: list[Row] = []
+        append = rows.append
+        nxt = self.seq.next
+        for kind, stream, topic, grp, src in items:
+            if kind == _INFERENCE:
+                for r in src:
+                    seq = nxt()
+                    rec = InferenceRecord(
+                        seq=seq,
+                        t=r.t,
+                        outputs=r.outputs,
+                        label=r.label,
+                        score=r.score,
+                        latency_ms=r.latency_ms,
+                    )
+                    append(Row(boot, seq, stream, topic, grp, False, enc(rec)))
+            elif kind == _READINGS:
+                t0, rate, samples = src
+                for i, values in enumerate(samples.tolist()):
+                    seq = nxt()
+                    rec2 = ReadingRecord(seq=seq, t=t0 + i / rate, values=values)
+                    append(Row(boot, seq, stream, topic, grp, False, enc(rec2)))
+            else:
+                seq = nxt()
+                append(Row(boot, seq, stream, topic, grp, True, self.codec.encode(src(boot, seq))))
+        return rows
+
+    def _store(self, items: list[tuple[int, str, str, str, Any]]) -> int:
+        rows = self._encode(items)
+        dropped = self.outbox.append(rows)
+        return len(rows) if dropped >= 0 else 0
+
+    async def flush(self) -> None:
+        """Write everything queued to the outbox (one transaction) and wake the sender."""
+        async with self._flush_lock:
+            if not self._pending:
+                return
+            items, self._pending = self._pending, []
+            n, self._pending_records = self._pending_records, 0
+            loop = asyncio.get_running_loop()
+            before = self.outbox.drops
+            await loop.run_in_executor(self._db, self._store, items)
+            self.counters.stored += n
+            self.counters.dropped += self.outbox.drops - before
+            self.depth, self.drops = self.outbox.depth, self.outbox.drops
+            self._written += 1
+            self._wake.set()
+
+    # ------------------------------------------------------------------ sending
+
+    def on_connected(self) -> None:
+        """A new session: replay the outbox from its oldest row."""
+        self._cursor = 0
+        self._unacked = 0
+        self._session += 1
+        self._read_all = -1
+        self._sent.clear()
+        self.counters.replays += 1
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Something changed (PUBACK, commit, connection): let the sender look again."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Flush periodically and send whatever the window allows, until stopped."""
+        flusher = asyncio.create_task(self._flush_loop())
+        try:
+            while not self._stopping:
+                # asyncio.timeout, not wait_for: no task per wake-up (three per record sent).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._wake.wait()
+                self._wake.clear()
+                await self._check_resend()
+                await self._send_some()
+        finally:
+            flusher.cancel()
+
+    async def _flush_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.cfg.flush_interval_s)
+            await self.flush()
+
+    async def _check_resend(self) -> None:
+        """Resend from the start when the oldest stored row was sent long ago and never committed.
+
+        Commits of newer rows say nothing about older ones: a subscriber that came back after
+        the device replayed (or an ingest that lost a batch) leaves holes only a resend fills.
+        """
+        now = time.monotonic()
+        if now - self._last_check < 1.0 or not self._sent or not self.depth:
+            return
+        # Nothing was sent long enough ago to resend (the oldest publish is the first): skip
+        # the outbox query, which at one record a second would otherwise run once per record.
+        if now - self._sent[0][1] < self.cfg.resend_after_s:
+            return
+        self._last_check = now
+        loop = asyncio.get_running_loop()
+        oldest = await loop.run_in_executor(self._db, self.outbox.oldest_id)
+        sent = self._sent
+        while sent and oldest is not None and sent[0][0] < oldest:
+            sent.popleft()
+        if oldest is None or not sent or now - sent[0][1] < self.cfg.resend_after_s:
+            return
+        self._cursor = 0
+        self._unacked = 0
+        self._session += 1
+        self._read_all = -1
+        self._sent.clear()
+        self.counters.resends += 1
+
+    def stop(self) -> None:
+        """Stop sending and flushing; queued records stay in memory (flush first to keep them)."""
+        self._stopping = True
+        self._wake.set()
+
+    async def _send_some(self) -> None:
+        t = self.transport
+        loop = asyncio.get_running_loop()
+        limit = self.cfg.batch_max * 4
+        while (
+            t is not None
+            and t.connected
+            and not self._stopping
+            and t.pending < self.cfg.max_pending_publishes
+            and self._unacked < self.cfg.max_unacked
+        ):
+            if self._read_all == self._written:
+                return  # everything stored was read and nothing was written since
+            session, written = self._session, self._written
+            rows = await loop.run_in_executor(self._db, self.outbox.read_after, self._cursor, limit)
+            if session != self._session:
+                continue  # reconnected while reading: start again from the new cursor
+            if not rows:
+                self._read_all = written
+                return
+            for batch in self._batches(rows):
+                if t.pending >= self.cfg.max_pending_publishes:
+                    return
+                topic, payload, count = self._message(batch)
+                if not t.publish(topic, payload):
+                    return
+                self._cursor = batch[-1].id
+                self._sent.append((self._cursor, time.monotonic()))
+                self._unacked += count
+                self.counters.published_messages += 1
+                self.counters.published_records += count
+            if len(rows) < limit:
+                # All sent, and nothing lay past them when the read started.
+                self._read_all = written
+
+    def _batches(self, rows: list[StoredRow]) -> list[list[StoredRow]]:
+        out: list[list[StoredRow]] = []
+        cur: list[StoredRow] = []
+        size = 0
+        cap = self.cfg.batch_max
+        for r in rows:
+            if r.single:
+                if cur:
+                    out.append(cur)
+                    cur, size = [], 0
+                out.append([r])
+                continue
+            if cur and (
+                len(cur) >= cap
+                or size + len(r.payload) > MAX_PAYLOAD_BYTES // 3
+                or (r.boot_id, r.stream, r.grp) != (cur[0].boot_id, cur[0].stream, cur[0].grp)
+            ):
+                out.append(cur)
+                cur, size = [], 0
+            cur.append(r)
+            size += len(r.payload)
+        if cur:
+            out.append(cur)
+        return out
+
+    def _message(self, batch: list[StoredRow]) -> tuple[str, bytes, int]:
+        first = batch[0]
+        if first.single:
+            return first.topic, first.payload, 1
+        now = self._clock()
+        msg: Envelope
+        if first.stream == "inference":
+            model, _, version = first.grp.rpartition("@")
+            dec = self._inf_dec.decode
+            msg = InferenceBatch(
+                device_id=self.device_id,
+                boot_id=first.boot_id,
+                seq=first.seq,
+                sent_at=now,
+                model=model,
+                model_version=version,
+                records=[dec(r.payload) for r in batch],
+            )
+        else:
+            dec2 = self._read_dec.decode
+            msg = ReadingBatch(
+                device_id=self.device_id,
+                boot_id=first.boot_id,
+                seq=first.seq,
+                sent_at=now,
+                channels=first.grp.split(","),
+                records=[dec2(r.payload) for r in batch],
+            )
+        return first.topic, self.codec.encode(msg), len(batch)
+
+    # ------------------------------------------------------------------ commits
+
+    async def on_commit(self, commit: Commit) -> int:
+        """Delete what the cloud committed; returns the number of rows deleted."""
+        ranges: list[CommitRange] = list(commit.ranges)
+        loop = asyncio.get_running_loop()
+        deleted = await loop.run_in_executor(self._db, self.outbox.commit, ranges)
+        self.counters.committed += deleted
+        self._unacked = max(0, self._unacked - sum(r.last - r.first + 1 for r in ranges))
+        self.depth = self.outbox.depth
+        self._wake.set()
+        return deleted

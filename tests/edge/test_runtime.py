@@ -1,0 +1,108 @@
+"""Runtimes on real converted models: LiteRT vs ONNX parity, int8 helpers, no TensorFlow."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from support.tiny_models import make_bundle
+
+from edgefleet.edge.errors import RuntimeUnavailable
+from edgefleet.edge.runtime import load_runtime, quantize
+from edgefleet.edge.runtime.base import dequantize
+from edgefleet.edge.runtime.litert import interpreter_class
+from edgefleet.protocol.bundle import verify_bundle
+from edgefleet.protocol.manifest import QuantParams
+
+
+@pytest.fixture(scope="module")
+def bundles(tiny_zoo, signing_key, tmp_path_factory):
+    root = tmp_path_factory.mktemp("rt")
+    return {
+        f: make_bundle(tiny_zoo, root / f, signing_key, fmt=f) for f in ("float", "int8", "onnx")
+    }
+
+
+def test_litert_and_onnx_agree_on_the_same_model(bundles, tiny_zoo):
+    x = tiny_zoo.golden_inputs
+    lite = load_runtime(bundles["float"].path, bundles["float"].manifest)
+    onnx = load_runtime(bundles["onnx"].path, bundles["onnx"].manifest)
+    assert (lite.name, onnx.name) == ("litert", "onnx")
+    a = np.stack([lite.run(x[i : i + 1])[0].copy() for i in range(len(x))])
+    b = np.stack([onnx.run(x[i : i + 1])[0].copy() for i in range(len(x))])
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(lite.run_batch(x), b, atol=1e-5)
+    np.testing.assert_allclose(onnx.run_batch(x), b, atol=1e-5)
+    # int8 inside the graph: close to float, not equal
+    q = load_runtime(bundles["int8"].path, bundles["int8"].manifest)
+    c = q.run_batch(x)
+    assert np.max(np.abs(c - b)) < 0.25
+    assert not np.array_equal(c, b)
+    # a single run after a batch run still works (the input is resized back once)
+    assert q.run(x[:1]).shape == (1, 2)
+
+
+def test_run_feeds_matches_golden(bundles):
+    for b in bundles.values():
+        rt = load_runtime(b.path, b.manifest)
+        golden = b.golden()
+        out = rt.run_feeds({k: np.asarray(v, np.float32) for k, v in golden.inputs.items()})
+        np.testing.assert_allclose(out["scores"], np.asarray(golden.outputs["scores"]), atol=1e-4)
+        # the serving shape is back afterwards
+        assert rt.run(np.zeros(rt.input_shape, np.float32)).shape == (1, 2)
+
+
+def test_runtime_override_needs_a_matching_file(bundles):
+    b = bundles["float"]
+    with pytest.raises(RuntimeUnavailable, match=r"holds no \.onnx model"):
+        load_runtime(b.path, b.manifest, override="onnx")
+    with pytest.raises(RuntimeUnavailable, match="no runtime called"):
+        load_runtime(b.path, b.manifest, override="tvm")
+
+
+def test_corrupt_model_file_is_a_typed_error(bundles, tmp_path, trusted_pub):
+    b = bundles["onnx"]
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    from edgefleet.edge.runtime.litert import LiteRtRuntime
+    from edgefleet.edge.runtime.onnx import OnnxRuntime
+
+    with pytest.raises(RuntimeUnavailable):
+        OnnxRuntime(bad, b.manifest)
+    with pytest.raises(RuntimeUnavailable):
+        LiteRtRuntime(bad, b.manifest)
+
+
+def test_quantize_round_trip():
+    q = QuantParams(scale=[0.05], zero_point=[-3])
+    x = np.array([-1.0, 0.0, 0.5, 100.0], np.float32)
+    qx = quantize(x, q)
+    assert qx.dtype == np.int8
+    assert qx[-1] == 127  # clipped
+    np.testing.assert_allclose(dequantize(qx, q)[:3], x[:3], atol=0.025)
+    per_axis = QuantParams(scale=[0.1, 0.2], zero_point=[0, 1], axis=1)
+    y = quantize(np.ones((3, 2), np.float32), per_axis)
+    assert y[:, 0].tolist() == [10, 10, 10]
+    assert y[:, 1].tolist() == [6, 6, 6]
+
+
+def test_litert_import_prefers_ai_edge_litert_and_never_tensorflow():
+    assert interpreter_class().__module__.startswith("ai_edge_litert")
+    code = (
+        "import sys\n"
+        "import edgefleet.edge.agent, edgefleet.edge.cli, edgefleet.edge.runtime.litert as l\n"
+        "l.interpreter_class()\n"
+        "heavy = ('tensorflow', 'keras', 'flwr', 'fastapi', 'pandas')\n"
+        "bad = [m for m in heavy if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_verified_bundle_loads(bundles, trusted_pub):
+    from edgefleet.protocol.signing import load_public_key
+
+    b = verify_bundle(bundles["int8"].path, [load_public_key(trusted_pub)])
+    assert load_runtime(b.path, b.manifest).input_shape == (1, 32, 3)
