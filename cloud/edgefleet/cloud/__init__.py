@@ -1,0 +1,1 @@
+"""The cloud aggregator: ingest, stores, fleet state, model registry, rollout and HTTP API."""

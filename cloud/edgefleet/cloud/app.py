@@ -1,0 +1,323 @@
+"""The whole cloud in one process: broker (optional), store, ingest workers, registry, HTTP API."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import uvicorn
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edgefleet.cloud.api import CloudServices, create_app
+from edgefleet.cloud.assignments import Assigner
+from edgefleet.cloud.broker import (
+    BrokerProcess,
+    EmbeddedBroker,
+    MosquittoBroker,
+    free_port,
+    mosquitto_available,
+)
+from edgefleet.cloud.dashboard import Dashboard, DashboardSettings, mount_dashboard
+from edgefleet.cloud.dashboard.prometheus import register_device_metrics
+from edgefleet.cloud.errors import CloudError
+from edgefleet.cloud.fl.roundsource import StoreRounds
+from edgefleet.cloud.fl.service import FlService, FlServiceSettings
+from edgefleet.cloud.homeassistant import HomeAssistantPublisher, HomeAssistantSettings
+from edgefleet.cloud.ingest import IngestSettings, IngestWorker, LoopKind, WorkerMode
+from edgefleet.cloud.metrics import CloudMetrics
+from edgefleet.cloud.mqtt import MqttVersion
+from edgefleet.cloud.node import CloudNode
+from edgefleet.cloud.publisher import CommandPublisher
+from edgefleet.cloud.registry import ModelRegistry
+from edgefleet.cloud.store import open_store
+from edgefleet.cloud.store.base import TelemetryStore
+from edgefleet.protocol.errors import ConfigError
+from edgefleet.protocol.signing import load_public_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long raw telemetry is kept (None keeps it forever) and how often to prune."""
+
+    raw_days: float | None = 30.0
+    quarantine_days: float | None = 7.0
+    every_s: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class CloudConfig:
+    """Everything ``edgefleet cloud run`` takes; defaults give a laptop setup in ``workdir``."""
+
+    workdir: Path
+    broker_url: str | None = None
+    db_url: str | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    registry_dir: Path | None = None
+    trusted_keys: tuple[Path, ...] = ()
+    fleet: str | None = None
+    node_id: str = "cloud"
+    workers: int = 1
+    worker_mode: WorkerMode = "process"
+    mqtt_version: MqttVersion | None = None
+    public_url: str | None = None
+    loop: LoopKind = "drain"
+    batch_max_records: int = 2000
+    batch_max_delay_s: float = 0.05
+    throttle_rate: float = 500.0
+    throttle_burst: float = 5000.0
+    retention: Retention = field(default_factory=Retention)
+    # Opt-in Home Assistant MQTT discovery for these fleets (docs/dashboards.md).
+    homeassistant: HomeAssistantSettings | None = None
+    # The web dashboard at `/` (None turns it off).
+    dashboard: DashboardSettings | None = field(default_factory=DashboardSettings)
+    # Federated runs from the API (`/v1/fl/runs`); None: defaults under workdir/fl, results
+    # not registered until a signing key is given (docs/federated.md).
+    fl: FlServiceSettings | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError("--workers must be at least 1")
+        if self.worker_mode not in ("process", "thread"):
+            raise ConfigError(f"--worker-mode {self.worker_mode!r} is not 'process' or 'thread'")
+        if not 0 <= self.http_port < 65536:
+            raise ConfigError(f"HTTP port {self.http_port} is out of range")
+
+
+class Cloud:
+    """Start and stop every cloud part in this process.
+
+    ``Cloud(CloudConfig(workdir=tmp, http_port=0)).start()`` gives a running cloud on free
+    ports with its own broker; read :attr:`http_url` and :attr:`broker_url`. It is also a
+    context manager. Tests of the agent start it this way or as a subprocess
+    (:class:`~edgefleet.cloud.launcher.CloudProcess`).
+    """
+
+    def __init__(self, config: CloudConfig) -> None:
+        self.config = config
+        self.node = CloudNode(config.node_id)
+        self.metrics = CloudMetrics()
+        self.broker: BrokerProcess | None = None
+        self.store: TelemetryStore | None = None
+        self.workers: list[IngestWorker] = []
+        self.publisher: CommandPublisher | None = None
+        self.registry: ModelRegistry | None = None
+        self.dashboard: Dashboard | None = None
+        self.homeassistant: HomeAssistantPublisher | None = None
+        self.fl: FlService | None = None
+        self._server: uvicorn.Server | None = None
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self.http_port = config.http_port
+        self._broker_url = config.broker_url
+
+    @property
+    def broker_url(self) -> str:
+        """The broker devices and workers connect to."""
+        if self._broker_url is None:
+            raise CloudError("the cloud is not started")
+        return self._broker_url
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the HTTP API."""
+        host = self.config.http_host
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 - a bind address
+        return f"http://{host}:{self.http_port}"
+
+    @property
+    def db_url(self) -> str:
+        """The store's URL."""
+        return self.config.db_url or f"sqlite:///{self.config.workdir / 'edgefleet.db'}"
+
+    def _start_broker(self) -> str:
+        workdir = self.config.workdir / "broker"
+        self.broker = (
+            MosquittoBroker(workdir) if mosquitto_available() else EmbeddedBroker(workdir)
+        ).start(timeout=30)
+        return self.broker.url
+
+    def _mqtt_version(self) -> MqttVersion:
+        if self.config.mqtt_version is not None:
+            return self.config.mqtt_version
+        # amqtt speaks MQTT 3.1.1 only (no shared subscriptions).
+        return "3.1.1" if isinstance(self.broker, EmbeddedBroker) else "5"
+
+    def start(self, timeout: float = 30.0) -> Self:
+        """Start everything; return once the API answers and ingest is subscribed."""
+        cfg = self.config
+        cfg.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start(cfg, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, cfg: CloudConfig, timeout: float) -> None:
+        if self._broker_url is None:
+            self._broker_url = self._start_broker()
+        version = self._mqtt_version()
+        if cfg.workers > 1 and version != "5":
+            raise ConfigError(
+                "several ingest workers need an MQTT v5 broker (shared subscriptions)"
+            )
+        keys: list[Ed25519PublicKey] = [load_public_key(p) for p in cfg.trusted_keys]
+        self.store = open_store(self.db_url)
+        self.registry = ModelRegistry(
+            cfg.registry_dir or cfg.workdir / "registry", self.store, keys
+        )
+        base = IngestSettings(
+            broker_url=self.broker_url,
+            fleet=cfg.fleet,
+            mqtt_version=version,
+            batch_max_records=cfg.batch_max_records,
+            batch_max_delay_s=cfg.batch_max_delay_s,
+            loop=cfg.loop,
+            mode=cfg.worker_mode,
+            throttle_rate=cfg.throttle_rate,
+            throttle_burst=cfg.throttle_burst,
+        )
+        group = f"{cfg.node_id}-ingest" if cfg.workers > 1 else None
+        for i in range(cfg.workers):
+            settings = replace(base, client_id=f"{cfg.node_id}-ingest-{i}", share_group=group)
+            # One store connection per worker, another for the API: SQLite's WAL lets the
+            # API read while a worker writes.
+            self.workers.append(
+                IngestWorker(settings, open_store(self.db_url), self.node, self.metrics)
+            )
+        for w in self.workers:
+            w.start(timeout)
+        self.publisher = CommandPublisher(
+            self.broker_url, f"{cfg.node_id}-cmd-{secrets.token_hex(3)}", version=version
+        ).start(timeout)
+        if self.http_port == 0:
+            self.http_port = free_port(cfg.http_host or "127.0.0.1")
+        assigner = Assigner(
+            self.store, self.registry, self.publisher, self.node, cfg.public_url or self.http_url
+        )
+        store = self.store
+        self.metrics.watch_fleet(lambda: (len(store.devices(online=True)), len(store.devices())))
+        self.fl = FlService(
+            cfg.fl or FlServiceSettings(workdir=cfg.workdir / "fl"),
+            store,
+            self.registry,
+            self.publisher,
+            self.node,
+            assigner=assigner,
+            fleet=cfg.fleet,
+        )
+        services = CloudServices(
+            store, self.registry, assigner, self.metrics, cfg.fleet, fl=self.fl
+        )
+        app = create_app(services)
+        if cfg.dashboard is not None:
+            self.dashboard = mount_dashboard(
+                app, services, settings=cfg.dashboard, rounds=StoreRounds(store, self.fl.models)
+            )
+            register_device_metrics(self.metrics, store, fleet=cfg.fleet)
+        if cfg.homeassistant is not None:
+            self.homeassistant = HomeAssistantPublisher(
+                self.broker_url,
+                open_store(self.db_url),
+                cfg.homeassistant,
+                client_id=f"{cfg.node_id}-homeassistant",
+                version=version,
+            ).start(timeout)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=cfg.http_host,
+                port=self.http_port,
+                log_level="warning",
+                lifespan="off",
+                ws="none",
+                # Open dashboard streams must not hold a shutdown for long.
+                timeout_graceful_shutdown=2,
+            )
+        )
+        self._server = server
+        self._spawn(server.run, "http")
+        self._spawn(self._retention_loop, "retention")
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if time.monotonic() > deadline or not self._threads[0].is_alive():
+                raise CloudError(f"the HTTP API did not start on {self.http_url}")
+            time.sleep(0.02)
+
+    def _spawn(self, target: object, name: str) -> None:
+        t = threading.Thread(target=target, name=f"cloud-{name}", daemon=True)  # type: ignore[arg-type]
+        t.start()
+        self._threads.append(t)
+
+    def _retention_loop(self) -> None:
+        r = self.config.retention
+        while not self._stop.wait(min(r.every_s, 60.0) if r.every_s > 0 else 60.0):
+            self.prune()
+
+    def prune(self) -> dict[str, int]:
+        """Apply the retention settings now."""
+        r, store, now = self.config.retention, self.store, time.time()
+        out: dict[str, int] = {}
+        if store is None:
+            return out
+        if r.raw_days is not None:
+            out.update(store.prune(now - r.raw_days * 86400))
+        if r.quarantine_days is not None:
+            out.update(store.prune(now - r.quarantine_days * 86400, ("quarantine",)))
+        return out
+
+    def stop(self) -> None:
+        """Stop the API, flush and stop the workers, then the broker (if we started it)."""
+        self._stop.set()
+        if self.dashboard is not None:
+            self.dashboard.close()  # ends the live streams so the server can stop at once
+            self.dashboard = None
+        if self.homeassistant is not None:
+            self.homeassistant.stop()
+            self.homeassistant = None
+        if self._server is not None:
+            self._server.should_exit = True
+        for t in self._threads:
+            t.join(10)
+        self._threads.clear()
+        if self.fl is not None:
+            self.fl.close()
+            self.fl = None
+        for w in self.workers:
+            w.stop()
+            w.store.close()
+        self.workers.clear()
+        if self.publisher is not None:
+            self.publisher.stop()
+            self.publisher = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+            self._broker_url = self.config.broker_url
+
+    def wait(self) -> None:
+        """Block until :meth:`stop` is called (from a signal handler, say)."""
+        self._stop.wait()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

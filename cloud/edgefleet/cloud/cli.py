@@ -1,0 +1,215 @@
+"""``edgefleet cloud``: run the aggregator and look at the fleet."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgefleet.cloud.app import Cloud, CloudConfig, Retention
+from edgefleet.cloud.client import CloudClient
+from edgefleet.cloud.dashboard import DashboardSettings
+from edgefleet.cloud.fl.service import FlServiceSettings
+from edgefleet.cloud.homeassistant import HomeAssistantSettings
+from edgefleet.cloud.ingest import WorkerMode
+from edgefleet.cloud.mqtt import MqttVersion
+from edgefleet.protocol.errors import ConfigError
+
+app = typer.Typer(
+    help="Run the cloud aggregator and query the fleet.", no_args_is_help=True, add_completion=False
+)
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (port 0 picks a free one)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--http {value!r} is not HOST:PORT (for example 127.0.0.1:8080)")
+    return host or "127.0.0.1", int(port)
+
+
+def _fl_settings(
+    workdir: Path, key: Path | None, superlink: str, public: str | None
+) -> FlServiceSettings:
+    host, port = parse_hostport(superlink)
+    if key is not None and not key.is_file():
+        raise ConfigError(f"--fl-signing-key: {key} does not exist")
+    return FlServiceSettings(
+        workdir=workdir / "fl", host=host, port=port, public_address=public, signing_key=key
+    )
+
+
+@app.command()
+def run(
+    *,
+    broker: Annotated[
+        str | None,
+        typer.Option(help="Broker URL (mqtt://host:1883). Without it, start one here."),
+    ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(help="sqlite:///path.db or postgresql://... (default: WORKDIR/edgefleet.db)"),
+    ] = None,
+    http: Annotated[str, typer.Option(help="HOST:PORT of the HTTP API.")] = "127.0.0.1:8080",
+    registry: Annotated[Path | None, typer.Option(help="Directory of the model registry.")] = None,
+    trusted_key: Annotated[
+        list[Path] | None,
+        typer.Option(help="Public key whose signed bundles the registry accepts (repeatable)."),
+    ] = None,
+    fleet: Annotated[str | None, typer.Option(help="Only this fleet (default: all).")] = None,
+    workdir: Annotated[Path, typer.Option(help="State directory.")] = Path(".edgefleet-cloud"),
+    workers: Annotated[int, typer.Option(help="Ingest workers (shared subscription).")] = 1,
+    worker_mode: Annotated[
+        str,
+        typer.Option(
+            help="process: each worker decodes and writes in a child process of its own "
+            "(uses more cores); thread: everything in this process."
+        ),
+    ] = "process",
+    mqtt_version: Annotated[
+        str | None,
+        typer.Option(
+            help="MQTT protocol to the broker: 5 or 3.1.1 (the embedded amqtt broker speaks "
+            "3.1.1 only). Default: 3.1.1 for a broker started here that is amqtt, else 5."
+        ),
+    ] = None,
+    node_id: Annotated[str, typer.Option(help="The cloud's id on the wire.")] = "cloud",
+    public_url: Annotated[
+        str | None, typer.Option(help="Base URL devices download bundles from.")
+    ] = None,
+    retention_days: Annotated[
+        float, typer.Option(help="Days to keep raw telemetry (0 keeps it forever).")
+    ] = 30.0,
+    ready_file: Annotated[
+        Path | None, typer.Option(help="Write the URLs here as JSON once ready (for tests).")
+    ] = None,
+    homeassistant_fleet: Annotated[
+        list[str] | None,
+        typer.Option(help="Publish Home Assistant MQTT discovery for this fleet (repeatable)."),
+    ] = None,
+    homeassistant_prefix: Annotated[
+        str, typer.Option(help="Home Assistant's discovery prefix.")
+    ] = "homeassistant",
+    dashboard: Annotated[bool, typer.Option(help="Serve the web dashboard at /.")] = True,
+    fl_signing_key: Annotated[
+        Path | None,
+        typer.Option(help="Ed25519 key that signs federated results (POST /v1/fl/runs)."),
+    ] = None,
+    fl_superlink: Annotated[
+        str, typer.Option(help="HOST:PORT federated runs' SuperLink binds (port 0: a free one).")
+    ] = "127.0.0.1:0",
+    fl_public_address: Annotated[
+        str | None, typer.Option(help="HOST:PORT devices dial for the SuperLink (default: bound).")
+    ] = None,
+) -> None:
+    """Run ingest, the registry, the HTTP API and the dashboard until interrupted."""
+    host, port = parse_hostport(http)
+    config = CloudConfig(
+        workdir=workdir,
+        broker_url=broker,
+        db_url=db,
+        http_host=host,
+        http_port=port,
+        registry_dir=registry,
+        trusted_keys=tuple(trusted_key or ()),
+        fleet=fleet,
+        node_id=node_id,
+        workers=workers,
+        worker_mode=_worker_mode(worker_mode),
+        mqtt_version=_mqtt_version(mqtt_version),
+        public_url=public_url,
+        retention=Retention(raw_days=retention_days or None),
+        homeassistant=HomeAssistantSettings(
+            fleets=tuple(homeassistant_fleet), discovery_prefix=homeassistant_prefix
+        )
+        if homeassistant_fleet
+        else None,
+        dashboard=DashboardSettings() if dashboard else None,
+        fl=_fl_settings(workdir, fl_signing_key, fl_superlink, fl_public_address),
+    )
+    console = Console(stderr=True)
+    cloud = Cloud(config)
+
+    def _terminate(_sig: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    with cloud:
+        info = {"http_url": cloud.http_url, "broker_url": cloud.broker_url, "db_url": cloud.db_url}
+        if ready_file is not None:
+            tmp = ready_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(info))
+            tmp.replace(ready_file)
+        console.print(
+            f"edgefleet cloud: dashboard {cloud.http_url}/  API {cloud.http_url}/docs  "
+            f"broker {cloud.broker_url}  db {cloud.db_url}"
+        )
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            console.print("stopping")
+
+
+def _worker_mode(value: str) -> WorkerMode:
+    if value == "process":
+        return "process"
+    if value == "thread":
+        return "thread"
+    raise ConfigError(f"--worker-mode {value!r} is not 'process' or 'thread'")
+
+
+def _mqtt_version(value: str | None) -> MqttVersion | None:
+    if value is None:
+        return None
+    if value == "5":
+        return "5"
+    if value in ("3.1.1", "311"):
+        return "3.1.1"
+    raise ConfigError(f"--mqtt-version {value!r} is not 5 or 3.1.1")
+
+
+def _ago(ts: Any) -> str:
+    if not ts:
+        return "-"
+    s = max(0.0, time.time() - float(ts))
+    return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago"
+
+
+@app.command()
+def devices(
+    cloud: Annotated[
+        str, typer.Option(help="Base URL of the cloud API.")
+    ] = "http://127.0.0.1:8080",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List devices: online, last seen, model, health, outbox."""
+    rows = CloudClient(cloud).devices()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"{len(rows)} devices")
+    for col in ("device", "fleet", "state", "last seen", "model", "agent", "cpu %", "outbox"):
+        table.add_column(col)
+    for d in rows:
+        model = f"{d['model']}@{d['model_version']}" if d.get("model") else "-"
+        state = (
+            "[green]online[/]" if d["online"] else f"[red]offline[/] {d.get('status_reason') or ''}"
+        )
+        cpu = "-" if d.get("cpu_percent") is None else f"{d['cpu_percent']:.0f}"
+        outbox = (
+            "-"
+            if d.get("outbox_depth") is None
+            else f"{d['outbox_depth']} ({d.get('outbox_drops') or 0} dropped)"
+        )
+        table.add_row(
+            d["device_id"], d["fleet"], state, _ago(d["last_seen"]), model,
+            d.get("agent_version") or "-", cpu, outbox,
+        )  # fmt: skip
+    Console().print(table)

@@ -1,0 +1,89 @@
+"""A small HTTP client of the cloud API (standard library only), used by the CLI commands."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from edgefleet.cloud.errors import CloudUnreachable
+from edgefleet.protocol.errors import BundleError, EdgefleetError
+
+
+class CloudClient:
+    """Calls ``/v1/...`` of a running cloud; API errors come back as EdgefleetError."""
+
+    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        json_body: object | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        """One request; the decoded JSON answer."""
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+        req = urllib.request.Request(  # noqa: S310 - the URL is the operator's --cloud
+            self.base_url + path, data=body, method=method, headers={"Content-Type": content_type}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise _api_error(exc) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise CloudUnreachable(f"cannot reach the cloud at {self.base_url}: {exc}") from None
+
+    def devices(self) -> list[dict[str, Any]]:
+        """``GET /v1/devices``."""
+        result: list[dict[str, Any]] = self.request("GET", "/v1/devices")
+        return result
+
+    def push(self, archive: bytes) -> dict[str, Any]:
+        """``POST /v1/models`` with a bundle archive."""
+        result: dict[str, Any] = self.request(
+            "POST", "/v1/models", body=archive, content_type="application/gzip"
+        )
+        return result
+
+    def assign(self, ref: str, **selector: object) -> dict[str, Any]:
+        """``POST /v1/assignments``."""
+        result: dict[str, Any] = self.request(
+            "POST", "/v1/assignments", json_body={"model": ref, **selector}
+        )
+        return result
+
+
+def _api_error(exc: urllib.error.HTTPError) -> EdgefleetError:
+    try:
+        payload = json.loads(exc.read())
+        reason, detail = str(payload.get("reason", "http")), json.dumps(payload.get("detail", ""))
+        detail = detail.strip('"')
+    except (ValueError, AttributeError):
+        reason, detail = "http", exc.reason
+    message = f"the cloud answered {exc.code}: {detail}"
+    if exc.code == 422 and reason in _BUNDLE_REASONS:
+        return BundleError(message, reason=reason)
+    return CloudUnreachable(message, reason=reason)
+
+
+_BUNDLE_REASONS = frozenset(
+    {
+        "bundle",
+        "unsigned",
+        "bad-signature",
+        "untrusted-key",
+        "hash-mismatch",
+        "missing-file",
+        "unexpected-file",
+        "bad-manifest",
+        "bad-archive",
+    }
+)

@@ -1,0 +1,54 @@
+"""Publishes commands from the cloud to devices over its own MQTT connection."""
+
+from __future__ import annotations
+
+import threading
+
+import paho.mqtt.client as mqtt
+
+from edgefleet.cloud.errors import CloudError
+from edgefleet.cloud.mqtt import BrokerAddress, MqttVersion, connect, make_client
+from edgefleet.protocol import codec
+from edgefleet.protocol.messages import Envelope
+
+
+class CommandPublisher:
+    """A paho client on its own network thread; ``publish`` returns once the broker has it.
+
+    It is separate from the ingest workers so that API requests never wait behind a batch.
+    """
+
+    def __init__(self, broker_url: str, client_id: str, *, version: MqttVersion = "5") -> None:
+        self._address = BrokerAddress.parse(broker_url)
+        self._client, self._props = make_client(
+            self._address, client_id, version=version, persistent=False
+        )
+        self._connected = threading.Event()
+        self._client.on_connect = lambda *_a: self._connected.set()
+        self._client.on_disconnect = lambda *_a: self._connected.clear()
+
+    def start(self, timeout: float = 10.0) -> CommandPublisher:
+        """Connect and start the network thread."""
+        try:
+            connect(self._client, self._address, self._props, persistent=False)
+        except OSError as exc:
+            raise CloudError(f"cannot reach the broker at {self._address.url}: {exc}") from None
+        self._client.loop_start()
+        if not self._connected.wait(timeout):
+            raise CloudError(f"the broker at {self._address.url} did not accept the connection")
+        return self
+
+    def publish(self, topic: str, message: Envelope, timeout: float = 10.0) -> None:
+        """Publish at QoS 1 and wait for the broker's PUBACK."""
+        info = self._client.publish(topic, codec.encode(message), qos=1)
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError) as exc:
+            raise CloudError(f"could not publish to {topic}: {exc}") from None
+        if info.rc != mqtt.MQTT_ERR_SUCCESS or not info.is_published():
+            raise CloudError(f"the broker did not take the command on {topic} (rc {info.rc})")
+
+    def stop(self) -> None:
+        """Disconnect cleanly and stop the thread."""
+        self._client.disconnect()
+        self._client.loop_stop()

@@ -1,0 +1,87 @@
+"""The model registry: signed bundle archives stored by content, verified before they count."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edgefleet.cloud.errors import NotFound
+from edgefleet.cloud.store.base import ModelVersion, TelemetryStore
+from edgefleet.protocol.bundle import MAX_BUNDLE_BYTES, unpack_bundle, verify_bundle
+from edgefleet.protocol.errors import BundleError
+
+_SHA = frozenset("0123456789abcdef")
+
+
+class ModelRegistry:
+    """Bundle archives under ``root/blobs/ab/<sha256>.tar.gz``, their manifests in the store.
+
+    A push is verified like a device would verify it (signature by a trusted key, then every
+    file's sha256) before anything is kept, so the registry never serves a bundle that every
+    agent would refuse.
+    """
+
+    def __init__(self, root: Path, store: TelemetryStore, trusted: list[Ed25519PublicKey]) -> None:
+        self.root = Path(root)
+        self.store = store
+        self.trusted = list(trusted)
+        (self.root / "blobs").mkdir(parents=True, exist_ok=True)
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def blob_path(self, sha256: str) -> Path:
+        """Where the archive with this sha256 lives (it may not exist)."""
+        if len(sha256) != 64 or not _SHA.issuperset(sha256):
+            raise NotFound(f"{sha256!r} is not a sha256 of a stored bundle")
+        return self.root / "blobs" / sha256[:2] / f"{sha256}.tar.gz"
+
+    def push(self, data: bytes) -> ModelVersion:
+        """Verify and store a bundle archive; return the registered version.
+
+        Raises a :class:`~edgefleet.protocol.errors.BundleError` subclass (``untrusted-key``,
+        ``bad-signature``, ``hash-mismatch``, ``bad-archive``...) for a bundle it refuses.
+        """
+        if len(data) > MAX_BUNDLE_BYTES:
+            raise BundleError("bundle archive is over the size limit", reason="bad-archive")
+        sha = hashlib.sha256(data).hexdigest()
+        with tempfile.TemporaryDirectory(dir=self.root / "tmp") as tmp:
+            archive = Path(tmp) / "bundle.tar.gz"
+            archive.write_bytes(data)
+            verified = verify_bundle(unpack_bundle(archive, Path(tmp) / "b"), self.trusted)
+            target = self.blob_path(sha)
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                partial = target.with_suffix(".part")
+                shutil.copyfile(archive, partial)
+                os.replace(partial, target)
+        m = verified.manifest
+        return self.store.put_model(
+            ModelVersion(
+                name=m.name,
+                version=m.version,
+                sha256=sha,
+                size=len(data),
+                runtime=m.runtime,
+                key_id=verified.key_id,
+                description=m.description,
+                metrics=dict(m.metrics),
+                lineage=msgspec.to_builtins(m.lineage),
+                manifest=msgspec.to_builtins(m),
+                created_at=m.created_at,
+                uploaded_at=time.time(),
+            )
+        )
+
+    def archive(self, name: str, version: str) -> tuple[ModelVersion, Path]:
+        """A registered version and the path of its archive."""
+        model = self.store.model(name, version)
+        path = self.blob_path(model.sha256)
+        if not path.is_file():
+            raise NotFound(f"the archive of {model.ref} is missing from {self.root}")
+        return model, path
