@@ -1,0 +1,1 @@
+"""Federated learning in the cloud: ServerApp, SuperLink, simulation, registry hand-off."""

@@ -1,0 +1,326 @@
+"""``edgefleet fl``: federated rounds on a SuperLink (deployment) or in Flower's simulation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from edgefleet.cloud.fl.errors import FlRunError, FlSettingsError
+from edgefleet.cloud.fl.settings import DpSettings, RunSettings
+
+if TYPE_CHECKING:
+    from edgefleet.cloud.fl.origin import StartPoint
+
+app = typer.Typer(
+    help="Federated learning with Flower: run rounds on devices or in simulation.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+Model = Annotated[str, typer.Option(help="Zoo model to train (an all-dense one).")]
+Rounds = Annotated[int, typer.Option(help="Number of rounds.")]
+Epochs = Annotated[int, typer.Option(help="Local epochs per round.")]
+Lr = Annotated[float, typer.Option(help="Local SGD learning rate.")]
+Workdir = Annotated[Path, typer.Option(help="Run directory.")]
+
+
+def _progress(console: Console, total: int) -> tuple[Progress, Any]:
+    progress = Progress(
+        TextColumn("[bold]round"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    task = progress.add_task("waiting for clients", total=total)
+
+    def on_round(rec: dict[str, Any]) -> None:
+        hold = ", ".join(f"{k} {v:.4f}" for k, v in rec.get("holdout", {}).items())
+        desc = f"{rec['status']} ({rec['replies']} clients) {hold}".strip()
+        if rec["status"] == "skipped":
+            desc = f"skipped: {rec['reason']}"
+        progress.update(task, advance=1, description=desc)
+        progress.console.log(f"round {rec['round']}: {desc}")
+
+    return progress, on_round
+
+
+@app.command()
+def start(
+    *,
+    model: Model,
+    rounds: Rounds = 3,
+    min_clients: Annotated[int, typer.Option(help="Quorum: clients a round needs.")] = 2,
+    strategy: Annotated[str, typer.Option(help="fedavg|fedprox|fedmedian|fedtrimmedavg|krum")] = (
+        "fedavg"
+    ),
+    dp: Annotated[str, typer.Option(help="Central DP: none|server-fixed|server-adaptive")] = "none",
+    dp_noise: Annotated[float, typer.Option(help="DP noise multiplier.")] = 0.1,
+    dp_clip: Annotated[float, typer.Option(help="DP clipping norm (initial, if adaptive).")] = 5.0,
+    secagg: Annotated[bool, typer.Option(help="Secure aggregation (SecAgg+).")] = False,
+    epochs: Epochs = 1,
+    lr: Lr = 0.05,
+    round_timeout: Annotated[float, typer.Option(help="Round deadline in seconds.")] = 120.0,
+    quorum_timeout: Annotated[float, typer.Option(help="Wait this long for a quorum.")] = 60.0,
+    host: Annotated[str, typer.Option(help="Address the SuperLink binds.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="SuperLink port (Fleet, Control, ServerAppIo).")] = (
+        9092
+    ),
+    workdir: Workdir = Path(".edgefleet-fl"),
+    db: Annotated[str | None, typer.Option(help="Cloud store URL to register the model in.")] = (
+        None
+    ),
+    registry: Annotated[Path | None, typer.Option(help="Cloud registry directory.")] = None,
+    key: Annotated[Path | None, typer.Option(help="Ed25519 key that signs the bundle.")] = None,
+    trusted_key: Annotated[
+        list[Path] | None, typer.Option(help="Public keys the registry trusts (repeatable).")
+    ] = None,
+    margin: Annotated[float, typer.Option(help="Reject if worse than current by more.")] = 0.02,
+    timeout: Annotated[float, typer.Option(help="Give up on the run after this long.")] = 3600.0,
+    cloud: Annotated[
+        str | None,
+        typer.Option(
+            help="Run it in this cloud (URL): it picks the devices serving the model, sends "
+            "them start-training, registers the result."
+        ),
+    ] = None,
+    device: Annotated[
+        list[str] | None, typer.Option(help="With --cloud: train on these devices (repeatable).")
+    ] = None,
+    assign: Annotated[
+        bool, typer.Option(help="With --cloud: assign the result back to the devices.")
+    ] = False,
+    every: Annotated[
+        float | None, typer.Option(help="With --cloud: start a run every SECONDS (a schedule).")
+    ] = None,
+    from_version: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Registered version to fine-tune (default: the newest not rejected); "
+            "needs --cloud or --db.",
+        ),
+    ] = None,
+) -> None:
+    """Run a SuperLink and a ServerApp for R rounds, then register the result."""
+    if cloud is not None:
+        body: dict[str, Any] = {
+            "model": model, "rounds": rounds, "min_clients": min_clients, "strategy": strategy,
+            "epochs": epochs, "lr": lr, "round_timeout_s": round_timeout,
+            "quorum_timeout_s": quorum_timeout, "devices": device or [], "assign": assign,
+            "margin": margin, "from_version": from_version,
+        }  # fmt: skip
+        _in_cloud(cloud, body, timeout=timeout, every=every)
+        return
+    if every is not None or device or assign:
+        raise FlSettingsError("--every, --device and --assign need --cloud URL")
+    from edgefleet.cloud.fl.outcome import run_on_superlink
+    from edgefleet.cloud.fl.prepare import prepare_run
+    from edgefleet.cloud.fl.publish import publish_round
+    from edgefleet.cloud.fl.superlink import SuperLink
+
+    if secagg:
+        raise FlSettingsError(
+            "--secagg: Flower 1.41 offers SecAgg+ only through its legacy workflow API, not "
+            "with the Message-API strategies edgefleet runs (docs/federated.md)"
+        )
+    settings = RunSettings(
+        model=model,
+        rounds=rounds,
+        min_clients=min_clients,
+        workdir=str(workdir / "run"),
+        strategy=strategy,  # type: ignore[arg-type]
+        dp=DpSettings(kind=dp, noise_multiplier=dp_noise, clipping_norm=dp_clip),  # type: ignore[arg-type]
+        epochs=epochs,
+        lr=lr,
+        round_timeout_s=round_timeout,
+        quorum_timeout_s=quorum_timeout,
+    )
+    if (db is None) != (key is None):
+        raise FlSettingsError("registering the result needs both --db and --key")
+    if from_version is not None and db is None:
+        raise FlSettingsError("--from needs the registry: give --db and --key (or --cloud)")
+    console = Console(stderr=True)
+    start = None
+    if db is not None and key is not None:
+        start = _start_point(
+            model, db, registry or workdir / "registry", key, trusted=trusted_key or [],
+            wanted=from_version,
+        )  # fmt: skip
+        console.log(f"start: {start.note}")
+        settings = dataclasses.replace(settings, parent=start.parent)
+    console.log(f"preparing {model}: trainable LiteRT model, initial weights, holdout")
+    prepared = prepare_run(settings, start.weights if start is not None else None)
+    hold = ", ".join(f"{k} {v:.4f}" for k, v in prepared.holdout().items())
+    console.log(f"initial weights on the holdout: {hold}")
+    store = None
+    if db is not None:
+        from edgefleet.cloud.store import open_store
+
+        store = open_store(db)
+    run_id = f"{int(time.time())}"
+    try:
+        with SuperLink(workdir / "superlink", host=host, port=port) as link:
+            console.log(f"SuperLink on {link.address}; waiting for {min_clients} SuperNodes")
+            progress, show = _progress(console, rounds)
+
+            def on_round(rec: dict[str, Any]) -> None:
+                show(rec)
+                if store is not None:
+                    publish_round(store, model, run_id, rec)
+
+            with progress:
+                outcome = run_on_superlink(settings, link, timeout=timeout, on_round=on_round)
+    finally:
+        if store is not None:
+            store.close()
+    console.log(f"{len(outcome.aggregated)} of {rounds} rounds aggregated")
+    if db is not None and key is not None:
+        _register(
+            outcome,
+            db,
+            registry or workdir / "registry",
+            key,
+            trusted=trusted_key or [],
+            margin=margin,
+        )
+
+
+def _in_cloud(url: str, body: dict[str, Any], *, timeout: float, every: float | None) -> None:
+    """Start the run in a cloud (``POST /v1/fl/runs``) and follow it; again every ``every`` s."""
+    from edgefleet.cloud.client import CloudClient
+
+    if every is not None and every <= 0:
+        raise FlSettingsError("--every must be a positive number of seconds")
+    client = CloudClient(url)
+    console = Console(stderr=True)
+    while True:
+        began = time.monotonic()
+        run = client.request("POST", "/v1/fl/runs", json_body=body)
+        console.log(f"run {run['id']}: start-training sent to {', '.join(run['devices'])}")
+        progress, show = _progress(console, int(body["rounds"]))
+        seen = 0
+        with progress:
+            while run["state"] not in ("finished", "failed"):
+                if time.monotonic() - began > timeout:
+                    raise FlRunError(f"run {run['id']} did not end in {timeout:.0f} s")
+                time.sleep(1.0)
+                run = client.request("GET", f"/v1/fl/runs/{run['id']}")
+                for rec in run["rounds"][seen:]:
+                    show(rec)
+                seen = len(run["rounds"])
+        if run["state"] == "failed":
+            raise FlRunError(f"run {run['id']} failed ({run['reason']}): {run['error']}")
+        typer.echo(
+            json.dumps(
+                {
+                    "run": run["id"],
+                    "start": (run.get("start") or {}).get("note"),
+                    "registered": run["registered"],
+                    "rejected": run["rejected"],
+                    **run["metric"],
+                    "assignment": run["assignment"],
+                    "acks": {d: a["status"] for d, a in run["acks"].items()},
+                }
+            )
+        )
+        if every is None:
+            return
+        time.sleep(max(0.0, every - (time.monotonic() - began)))
+
+
+def _start_point(
+    model: str, db: str, registry_dir: Path, key: Path, *, trusted: list[Path], wanted: str | None
+) -> StartPoint:
+    """Where the run starts: a registered version's float weights (edgefleet.cloud.fl.origin)."""
+    from edgefleet.cloud.fl.origin import start_point
+    from edgefleet.cloud.registry import ModelRegistry
+    from edgefleet.cloud.store import open_store
+    from edgefleet.protocol.signing import load_private_key, load_public_key
+
+    keys = [load_public_key(p) for p in trusted] or [load_private_key(key).public_key()]
+    store = open_store(db)
+    try:
+        return start_point(model, ModelRegistry(registry_dir, store, keys), store, wanted)
+    finally:
+        store.close()
+
+
+def _register(
+    outcome: Any, db: str, registry_dir: Path, key: Path, *, trusted: list[Path], margin: float
+) -> None:
+    from edgefleet.cloud.fl.handoff import hand_off
+    from edgefleet.cloud.registry import ModelRegistry
+    from edgefleet.cloud.store import open_store
+    from edgefleet.protocol.signing import load_private_key, load_public_key
+
+    private = load_private_key(key)
+    keys = [load_public_key(p) for p in trusted] or [private.public_key()]
+    store = open_store(db)
+    try:
+        result = hand_off(
+            outcome, ModelRegistry(registry_dir, store, keys), store, private, margin=margin
+        )
+    finally:
+        store.close()
+    verdict = "REJECTED" if result.rejected else "accepted"
+    typer.echo(
+        json.dumps(
+            {
+                "registered": result.version.ref,
+                result.metric: result.value,
+                "baseline": result.baseline,
+                "verdict": verdict,
+            }
+        )
+    )
+
+
+@app.command()
+def simulate(
+    *,
+    model: Model,
+    clients: Annotated[int, typer.Option(help="Virtual clients (SuperNodes).")] = 10,
+    rounds: Rounds = 5,
+    non_iid: Annotated[
+        float | None, typer.Option(help="Dirichlet alpha of the label skew (omit for IID).")
+    ] = None,
+    epochs: Epochs = 2,
+    lr: Lr = 0.1,
+    cpus: Annotated[int, typer.Option(help="CPUs Ray may use.")] = 2,
+    workdir: Workdir = Path(".edgefleet-fl-sim"),
+    seed: Annotated[int, typer.Option(help="Seed of data, partitions and training.")] = 0,
+) -> None:
+    """Run the ServerApp and the device ClientApp in Flower's simulation engine."""
+    from edgefleet.cloud.fl.prepare import prepare_run, write_partitions
+    from edgefleet.cloud.fl.simulation import simulate as run_sim
+
+    settings = RunSettings(
+        model=model,
+        rounds=rounds,
+        min_clients=clients,
+        workdir=str(workdir / "run"),
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        data_dir=str(workdir / "data"),
+    )
+    console = Console(stderr=True)
+    prepared = prepare_run(settings)
+    sizes = write_partitions(
+        workdir / "data", model, prepared.data, clients, alpha=non_iid, seed=seed
+    )
+    console.log(f"{clients} clients, {min(sizes)}..{max(sizes)} samples each")
+    outcome = run_sim(settings, clients, cpus=cpus)
+    for rec in outcome.rounds:
+        hold = ", ".join(f"{k} {v:.4f}" for k, v in rec["holdout"].items())
+        console.log(f"round {rec['round']}: {rec['status']} {hold}")
+    typer.echo(json.dumps({"rounds": [r["holdout"] for r in outcome.rounds]}))

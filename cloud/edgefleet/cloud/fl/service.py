@@ -1,0 +1,377 @@
+"""Federated runs started from the cloud: SuperLink, ``start-training`` to devices, hand-off.
+
+``POST /v1/fl/runs`` lands here. A run picks its devices (named ones, or every online device
+serving the model), starts a SuperLink, sends each device a ``StartTraining`` command through
+the cloud's command publisher, drives the rounds (quorum, deadline), publishes every round as
+an ``fl_round`` event, and registers the result as a signed bundle with lineage (and, if
+asked, assigns it back to the devices that trained). Each run runs on its own thread; Flower
+and TensorFlow are imported there, never when the cloud starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from edgefleet.cloud.assignments import Assigner
+from edgefleet.cloud.errors import NoTargets, NotFound
+from edgefleet.cloud.fl.errors import FlSettingsError
+from edgefleet.cloud.fl.settings import STRATEGIES, RunSettings
+from edgefleet.cloud.node import CloudNode
+from edgefleet.cloud.publisher import CommandPublisher
+from edgefleet.cloud.registry import ModelRegistry
+from edgefleet.cloud.store.base import TelemetryStore
+from edgefleet.protocol import topics
+from edgefleet.protocol.errors import EdgefleetError
+from edgefleet.protocol.messages import StartTraining
+
+log = logging.getLogger(__name__)
+COMMAND = "start-training"
+RunState = Literal["preparing", "running", "registering", "assigning", "finished", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class FlServiceSettings:
+    """Where runs live and how devices reach their SuperLink.
+
+    ``public_address`` is what devices dial (default ``host:port``); ``port = 0`` takes a free
+    port per run. Without ``signing_key`` the result is kept in the run directory but not
+    registered (registering needs a key the fleet trusts).
+    """
+
+    workdir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    public_address: str | None = None
+    signing_key: Path | None = None
+    margin: float = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class FlRunRequest:
+    """One federated run as the API takes it (docs/http-api.md)."""
+
+    model: str
+    rounds: int = 3
+    min_clients: int = 2
+    devices: tuple[str, ...] = ()
+    strategy: str = "fedavg"
+    epochs: int = 1
+    lr: float = 0.05
+    max_samples: int = 1000
+    round_timeout_s: float = 120.0
+    quorum_timeout_s: float = 60.0
+    deadline_s: float | None = None
+    register: bool = True
+    assign: bool = False
+    margin: float | None = None
+    seed: int = 0
+    from_version: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise FlSettingsError(f"strategy must be one of {', '.join(STRATEGIES)}")
+        if self.rounds < 1 or self.min_clients < 1:
+            raise FlSettingsError("rounds and min_clients must be at least 1")
+        if self.assign and not self.register:
+            raise FlSettingsError("assign needs register: only a registered bundle can be sent")
+
+    def device_deadline(self) -> float:
+        """How long a device keeps its SuperNode: the whole run's worst case plus a minute."""
+        if self.deadline_s is not None:
+            return self.deadline_s
+        return self.quorum_timeout_s + self.rounds * (self.round_timeout_s + 30.0) + 60.0
+
+
+@dataclass(slots=True)
+class FlRun:
+    """A run's state as ``GET /v1/fl/runs/{id}`` shows it."""
+
+    id: str
+    request: FlRunRequest
+    devices: list[str]
+    state: RunState = "preparing"
+    created_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    superlink: str = ""
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    reason: str | None = None
+    registered: str | None = None
+    rejected: bool | None = None
+    metric: dict[str, float | None] = field(default_factory=dict)
+    assignment: str | None = None
+    start: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        """Finished or failed."""
+        return self.state in ("finished", "failed")
+
+    def to_json(self, acks: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The run as JSON (``acks``: each device's newest answer to its command)."""
+        r = self.request
+        return {
+            "id": self.id,
+            "model": r.model,
+            "state": self.state,
+            "created_at": self.created_at,
+            "finished_at": self.finished_at,
+            "superlink": self.superlink,
+            "devices": self.devices,
+            "acks": acks or {},
+            "settings": {
+                "rounds": r.rounds,
+                "min_clients": r.min_clients,
+                "strategy": r.strategy,
+                "epochs": r.epochs,
+                "lr": r.lr,
+                "round_timeout_s": r.round_timeout_s,
+                "quorum_timeout_s": r.quorum_timeout_s,
+                "device_deadline_s": r.device_deadline(),
+            },
+            "start": self.start,
+            "rounds": self.rounds,
+            "aggregated": sum(x.get("status") == "aggregated" for x in self.rounds),
+            "registered": self.registered,
+            "rejected": self.rejected,
+            "metric": self.metric,
+            "assignment": self.assignment,
+            "error": self.error,
+            "reason": self.reason,
+        }
+
+
+class FlService:
+    """Starts federated runs in the background and keeps them (in memory; rounds in the store)."""
+
+    def __init__(
+        self,
+        settings: FlServiceSettings,
+        store: TelemetryStore,
+        registry: ModelRegistry,
+        publisher: CommandPublisher | None,
+        node: CloudNode,
+        *,
+        assigner: Assigner | None = None,
+        fleet: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.publisher = publisher
+        self.node = node
+        self.assigner = assigner
+        self.fleet = fleet
+        self._runs: dict[str, FlRun] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._links: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ API
+
+    def models(self) -> set[str]:
+        """Models that have had runs here (the dashboard's round source reads these too)."""
+        with self._lock:
+            return {r.request.model for r in self._runs.values()}
+
+    def targets(self, req: FlRunRequest) -> list[tuple[str, str]]:
+        """``(device, fleet)`` to train: the named ones, or every online device of the model."""
+        devices = self.store.devices(fleet=self.fleet)
+        if req.devices:
+            known = {d.device_id: d for d in devices}
+            unknown = sorted(set(req.devices) - set(known))
+            if unknown:
+                raise NoTargets(f"unknown device(s): {', '.join(unknown)} (none has connected)")
+            chosen = [known[d] for d in sorted(set(req.devices))]
+        else:
+            chosen = [d for d in devices if d.online and d.model == req.model]
+        if len(chosen) < req.min_clients:
+            raise NoTargets(
+                f"{len(chosen)} device(s) can train {req.model}, the run needs {req.min_clients} "
+                "(min_clients); name devices or wait for more to come online",
+                reason="too-few-devices",
+            )
+        return [(d.device_id, d.fleet) for d in chosen]
+
+    def start(self, req: FlRunRequest) -> FlRun:
+        """Check the request, pick the devices, and run it on a thread; returns at once."""
+        if req.register and self.settings.signing_key is None:
+            raise FlSettingsError(
+                "this cloud has no signing key for federated results; start it with "
+                "--fl-signing-key, or ask for register = false"
+            )
+        if self.publisher is None:
+            raise NoTargets("this cloud runs without a broker connection", reason="no-broker")
+        from edgefleet.models.zoo import get_model
+
+        try:
+            get_model(req.model)  # an unknown model fails now, with the zoo's message
+        except EdgefleetError as exc:
+            raise FlSettingsError(str(exc), reason="unknown-model") from None
+        if req.from_version is not None:
+            from edgefleet.cloud.fl.origin import choose_version
+
+            choose_version(self.store.models(req.model), req.model, req.from_version)
+        targets = self.targets(req)
+        run = FlRun(f"fl-{secrets.token_hex(6)}", req, [d for d, _ in targets])
+        thread = threading.Thread(
+            target=self._run, args=(run, targets), name=f"fl-{run.id}", daemon=True
+        )
+        with self._lock:
+            self._runs[run.id] = run
+            self._threads[run.id] = thread
+        thread.start()
+        return run
+
+    def get(self, run_id: str) -> FlRun:
+        """One run."""
+        with self._lock:
+            run = self._runs.get(run_id)
+        if run is None:
+            raise NotFound(f"no federated run {run_id}")
+        return run
+
+    def runs(self) -> list[FlRun]:
+        """Every run of this cloud process, newest first."""
+        with self._lock:
+            return sorted(self._runs.values(), key=lambda r: r.created_at, reverse=True)
+
+    def acks(self, run: FlRun) -> dict[str, dict[str, Any]]:
+        """Each device's newest ack of the run's ``start-training`` command."""
+        out: dict[str, dict[str, Any]] = {}
+        for device in run.devices:
+            rows = self.store.records("command_acks", device_id=device, limit=200)
+            mine = [r for r in rows if r.get("command_id") == run.id]
+            if mine:
+                final = [r for r in mine if r.get("status") != "received"] or mine
+                newest = max(final, key=lambda r: r.get("t") or 0.0)
+                out[device] = {k: newest.get(k) for k in ("status", "reason", "detail", "data")}
+        return out
+
+    def wait(self, run_id: str, timeout: float) -> FlRun:
+        """Block until the run is done (tests and the CLI)."""
+        with self._lock:
+            thread = self._threads.get(run_id)
+        if thread is not None:
+            thread.join(timeout)
+        return self.get(run_id)
+
+    def close(self) -> None:
+        """Stop every SuperLink still running (their runs fail)."""
+        with self._lock:
+            links = list(self._links.values())
+        for link in links:
+            link.stop()
+
+    # ------------------------------------------------------------------ the run
+
+    def _run(self, run: FlRun, targets: list[tuple[str, str]]) -> None:
+        try:
+            self._drive(run, targets)
+            run.state = "finished"
+        except EdgefleetError as exc:
+            log.warning("federated run %s failed: %s", run.id, exc)
+            run.error, run.reason, run.state = str(exc), exc.reason, "failed"
+        except Exception as exc:  # a thread must report, not vanish
+            log.exception("federated run %s crashed", run.id)
+            run.error, run.reason, run.state = f"{type(exc).__name__}: {exc}", "internal", "failed"
+        finally:
+            run.finished_at = time.time()
+
+    def _drive(self, run: FlRun, targets: list[tuple[str, str]]) -> None:
+        from edgefleet.cloud.fl.origin import start_point
+        from edgefleet.cloud.fl.outcome import run_on_superlink
+        from edgefleet.cloud.fl.prepare import prepare_run
+        from edgefleet.cloud.fl.publish import publish_round
+        from edgefleet.cloud.fl.superlink import SuperLink
+
+        req, cfg = run.request, self.settings
+        root = cfg.workdir / run.id
+        start = start_point(req.model, self.registry, self.store, req.from_version)
+        settings = RunSettings(
+            model=req.model,
+            rounds=req.rounds,
+            min_clients=req.min_clients,
+            workdir=str(root / "run"),
+            strategy=req.strategy,  # type: ignore[arg-type]
+            epochs=req.epochs,
+            lr=req.lr,
+            max_samples=req.max_samples,
+            seed=req.seed,
+            round_timeout_s=req.round_timeout_s,
+            quorum_timeout_s=req.quorum_timeout_s,
+            parent=start.parent,
+        )
+        prepared = prepare_run(settings, start.weights)
+        run.start = {**start.to_json(), "holdout": prepared.holdout()}
+        link = SuperLink(root / "superlink", host=cfg.host, port=cfg.port).start()
+        with self._lock:
+            self._links[run.id] = link
+        try:
+            run.superlink = cfg.public_address or link.address
+            run.state = "running"
+            self._invite(run, targets)
+
+            def on_round(rec: dict[str, Any]) -> None:
+                run.rounds.append(rec)
+                publish_round(self.store, req.model, run.id, rec)
+
+            timeout = req.quorum_timeout_s + req.rounds * (req.round_timeout_s + 60) + 120
+            outcome = run_on_superlink(settings, link, timeout=timeout, on_round=on_round)
+        finally:
+            link.stop()
+            with self._lock:
+                self._links.pop(run.id, None)
+        if req.register:
+            run.state = "registering"
+            self._register(run, outcome, root)
+        if req.assign and run.registered and not run.rejected:
+            run.state = "assigning"
+            assert self.assigner is not None
+            assignment = self.assigner.assign(
+                run.registered, "list" if len(run.devices) > 1 else "device", run.devices,
+                fleet=self.fleet,
+            )  # fmt: skip
+            run.assignment = assignment.id
+
+    def _invite(self, run: FlRun, targets: list[tuple[str, str]]) -> None:
+        """Send each device its ``StartTraining`` (command id = run id)."""
+        assert self.publisher is not None
+        req = run.request
+        for device, fleet in targets:
+            cmd = StartTraining(
+                device_id=self.node.node_id,
+                boot_id=self.node.boot_id,
+                seq=self.node.next_seq(),
+                sent_at=time.time(),
+                command_id=run.id,
+                model=req.model,
+                superlink=run.superlink,
+                run_id=run.id,
+                rounds=req.rounds,
+                deadline_s=req.device_deadline(),
+            )
+            self.publisher.publish(topics.command(fleet, device, COMMAND), cmd)
+
+    def _register(self, run: FlRun, outcome: Any, root: Path) -> None:
+        from edgefleet.cloud.fl.handoff import hand_off
+        from edgefleet.protocol.signing import load_private_key
+
+        assert self.settings.signing_key is not None
+        key = load_private_key(self.settings.signing_key)
+        margin = run.request.margin if run.request.margin is not None else self.settings.margin
+        result = hand_off(
+            outcome, self.registry, self.store, key, margin=margin, out_dir=root / "bundle"
+        )
+        run.registered = result.version.ref
+        run.rejected = result.rejected
+        run.metric = {
+            result.metric: result.value,
+            f"baseline_{result.metric}": result.baseline,
+        }

@@ -1,0 +1,138 @@
+"""Everything a federated run needs: one frozen value, written as JSON for the ServerApp."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from edgefleet.cloud.fl.errors import FlSettingsError
+
+StrategyName = Literal["fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum"]
+DpKind = Literal["none", "server-fixed", "server-adaptive"]
+STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum")
+DP_KINDS: tuple[str, ...] = ("none", "server-fixed", "server-adaptive")
+
+
+@dataclass(frozen=True, slots=True)
+class DpSettings:
+    """Central differential privacy: Flower's server-side clipping wrappers."""
+
+    kind: DpKind = "none"
+    noise_multiplier: float = 0.1
+    clipping_norm: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in DP_KINDS:
+            raise FlSettingsError(f"--dp must be one of {', '.join(DP_KINDS)}")
+        if self.noise_multiplier < 0 or self.clipping_norm <= 0:
+            raise FlSettingsError("DP needs noise >= 0 and a positive clipping norm")
+
+    def lineage(self) -> dict[str, str | float]:
+        """The DP settings as the bundle's lineage records them (empty without DP)."""
+        if self.kind == "none":
+            return {}
+        return {
+            "kind": self.kind,
+            "noise_multiplier": self.noise_multiplier,
+            "clipping_norm": self.clipping_norm,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """One federated run: model, rounds, quorum, strategy, local training and file locations.
+
+    ``round_timeout_s`` is the round deadline: stragglers that miss it are left out of the
+    round. ``quorum_timeout_s`` bounds the wait for ``min_clients`` connected SuperNodes; a
+    round below quorum leaves the model unchanged and is recorded as skipped. ``parent``
+    (``name@version``) is the registered version the run starts from: the hand-off judges
+    the result against it and records it as the lineage parent (None: the current version).
+    """
+
+    model: str
+    rounds: int
+    min_clients: int
+    workdir: str
+    strategy: StrategyName = "fedavg"
+    dp: DpSettings = field(default_factory=DpSettings)
+    epochs: int = 1
+    lr: float = 0.05
+    max_samples: int = 1000
+    seed: int = 0
+    round_timeout_s: float = 120.0
+    quorum_timeout_s: float = 60.0
+    proximal_mu: float = 0.01
+    trim_beta: float = 0.2
+    num_malicious: int = 0
+    data_dir: str = ""
+    parent: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise FlSettingsError(f"--strategy must be one of {', '.join(STRATEGIES)}")
+        if self.rounds < 1 or self.min_clients < 1:
+            raise FlSettingsError("--rounds and --min-clients must be at least 1")
+        if self.epochs < 1 or self.lr <= 0:
+            raise FlSettingsError("local epochs must be >= 1 and the learning rate > 0")
+        if self.round_timeout_s <= 0 or self.quorum_timeout_s < 0:
+            raise FlSettingsError("the round deadline must be positive")
+        if self.strategy == "krum" and self.min_clients < 2 * self.num_malicious + 3:
+            raise FlSettingsError("krum needs at least 2 * malicious + 3 clients per round")
+
+    @property
+    def root(self) -> Path:
+        """The run's directory (trainable model, initial weights, holdout, results)."""
+        return Path(self.workdir)
+
+    @property
+    def trainable_path(self) -> Path:
+        """The trainable ``.tflite`` the clients train."""
+        return self.root / "trainable.tflite"
+
+    @property
+    def initial_path(self) -> Path:
+        """The initial weights (``.npz``, Keras order)."""
+        return self.root / "initial.npz"
+
+    @property
+    def holdout_path(self) -> Path:
+        """The cloud's holdout data (``x``, ``y``) evaluated after every round."""
+        return self.root / "holdout.npz"
+
+    @property
+    def spec_path(self) -> Path:
+        """The trainable spec (JSON) the server's numpy evaluation uses."""
+        return self.root / "spec.json"
+
+    @property
+    def rounds_path(self) -> Path:
+        """One JSON line per finished or skipped round."""
+        return self.root / "rounds.jsonl"
+
+    @property
+    def result_path(self) -> Path:
+        """The final aggregated weights (``.npz``), written after the last round."""
+        return self.root / "result.npz"
+
+    @property
+    def settings_path(self) -> Path:
+        """Where these settings are written for the ServerApp process."""
+        return self.root / "settings.json"
+
+    def write(self) -> Path:
+        """Write the settings as JSON into the run's directory."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.settings_path.write_text(json.dumps(asdict(self), indent=2))
+        return self.settings_path
+
+    @classmethod
+    def read(cls, path: Path) -> RunSettings:
+        """Read settings written by :meth:`write`."""
+        try:
+            data: dict[str, Any] = json.loads(Path(path).read_text())
+            data["dp"] = DpSettings(**data.get("dp", {}))
+            return cls(**data)
+        except (OSError, ValueError, TypeError) as exc:
+            raise FlSettingsError(f"cannot read run settings {path}: {exc}") from None

@@ -1,0 +1,281 @@
+"""Run a ``flower-superlink`` child process and drive runs through its Control API.
+
+This is the one module of the cloud that touches Flower's internals (the Control API client,
+FAB building): ``flwr run`` cannot be used because Flower 1.41's own CLI fails to start with
+the typer version this project pins (``Type not yet supported: Literal``), and ``flwr run``
+exits 0 even when the ServerApp crashes, so runs are started and polled here instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+
+from edgefleet.cloud.fl.errors import FlRunError
+
+APP_TOML = """\
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "edgefleet-fl"
+version = "0.1.0"
+description = "edgefleet federated learning"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "edgefleet"
+
+[tool.flwr.app.components]
+serverapp = "edgefleet.cloud.fl.serverapp:app"
+clientapp = "edgefleet.edge.fl.clientapp:app"
+
+[tool.flwr.app.config]
+settings = ""
+"""
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    """Environment for Flower processes: our ``bin`` on PATH and a private ``FLWR_HOME``."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["FLWR_HOME"] = str(home)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def write_app(directory: Path) -> Path:
+    """The Flower app directory (just its ``pyproject.toml``: our code is installed)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "pyproject.toml").write_text(APP_TOML)
+    return directory
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """Certificates of a TLS SuperLink (``edgefleet fl certs`` makes a self-signed set)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatus:
+    """Status of a Flower run as the Control API reports it."""
+
+    status: str
+    sub_status: str
+    details: str
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run ended (completed, failed or stopped)."""
+        return self.status == "finished"
+
+    @property
+    def ok(self) -> bool:
+        """Whether the run finished and completed."""
+        return self.finished and self.sub_status == "completed"
+
+
+class SuperLink:
+    """A ``flower-superlink`` child on a free loopback port (or ``host:port``), stopped on exit."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: TlsFiles | None = None,
+        supernode_auth: bool = False,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.host = host
+        self.port = port or free_port()
+        self.tls = tls
+        self.supernode_auth = supernode_auth
+        self.home = self.workdir / "flwr-home"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the SuperLink (Fleet, Control and ServerAppIo share it in 1.41)."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        """The SuperLink's combined output."""
+        return self.workdir / "superlink.log"
+
+    def start(self, timeout: float = 60.0) -> Self:
+        """Start the SuperLink and wait until it accepts connections."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            str(Path(sys.executable).parent / "flower-superlink"),
+            "--host", self.host, "--port", str(self.port),
+            "--database", str(self.workdir / "superlink.db"),
+            # Dependencies are ours, installed; never let Flower run `uv sync` on a FAB.
+            "--disable-runtime-dependency-installation",
+        ]  # fmt: skip
+        if self.tls is None:
+            cmd.append("--insecure")
+        else:
+            cmd += ["--ssl-ca-certfile", str(self.tls.ca), "--ssl-certfile", str(self.tls.cert),
+                    "--ssl-keyfile", str(self.tls.key)]  # fmt: skip
+        if self.supernode_auth:
+            cmd.append("--enable-supernode-auth")
+        self._log = self.log_path.open("ab")
+        self._proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir,
+            env=flower_env(self.home), start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise FlRunError(f"flower-superlink exited; see {self.log_path}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise FlRunError(f"flower-superlink did not listen on {self.address} in {timeout:.0f} s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the SuperLink and its helper processes (its process group)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout)
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        self.stop()
+
+    def _client(self) -> Any:
+        from flwr.cli.typing import SuperLinkConnection
+        from flwr.cli.utils import init_http_client_from_connection
+
+        os.environ["FLWR_HOME"] = str(self.home)
+        if self.tls is None:
+            conn = SuperLinkConnection(name="edgefleet", address=self.address, insecure=True)
+        else:
+            conn = SuperLinkConnection(
+                name="edgefleet", address=self.address, root_certificates=str(self.tls.ca)
+            )
+        # Flower prints the connection it uses to stdout on every call; keep our output clean.
+        with contextlib.redirect_stdout(io.StringIO()):
+            return init_http_client_from_connection(conn)
+
+    def start_run(self, settings_path: Path) -> int:
+        """Submit our app with ``settings_path`` as its run config; return the run id."""
+        from flwr.cli.build import build_fab_from_disk
+        from flwr.common.serde import fab_to_proto, user_config_to_proto
+        from flwr.proto.control_pb2 import StartRunRequest
+        from flwr.supercore.fab import Fab
+
+        with tempfile.TemporaryDirectory(prefix="edgefleet-fab-") as tmp:
+            fab_bytes = build_fab_from_disk(write_app(Path(tmp) / "app"))
+        fab = Fab(hashlib.sha256(fab_bytes).hexdigest(), fab_bytes, {})
+        client = self._client()
+        try:
+            res = client.StartRun(
+                StartRunRequest(
+                    fab=fab_to_proto(fab),
+                    override_config=user_config_to_proto({"settings": str(settings_path)}),
+                    federation="",
+                    app_spec="",
+                )
+            )
+        except Exception as exc:
+            raise FlRunError(f"the SuperLink at {self.address} refused the run: {exc}") from None
+        finally:
+            client.close()
+        if not res.HasField("run_id"):
+            raise FlRunError("the SuperLink did not start the run")
+        return int(res.run_id)
+
+    def status(self, run_id: int) -> RunStatus:
+        """The run's current status."""
+        from flwr.common.serde import run_from_proto
+        from flwr.proto.control_pb2 import ListRunsRequest
+
+        client = self._client()
+        try:
+            res = client.ListRuns(ListRunsRequest(run_id=run_id))
+        finally:
+            client.close()
+        run = run_from_proto(res.run_dict[run_id])
+        return RunStatus(run.status.status, run.status.sub_status, run.status.details)
+
+    def stop_run(self, run_id: int) -> None:
+        """Ask the SuperLink to stop a run."""
+        from flwr.proto.control_pb2 import StopRunRequest
+
+        client = self._client()
+        try:
+            client.StopRun(StopRunRequest(run_id=run_id))
+        finally:
+            client.close()
+
+    def wait(
+        self,
+        run_id: int,
+        timeout: float,
+        *,
+        poll: Callable[[], None] | None = None,
+        interval: float = 0.5,
+    ) -> RunStatus:
+        """Wait for the run to finish (calling ``poll`` meanwhile); stop it past ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.status(run_id)
+            if poll is not None:
+                poll()
+            if st.finished:
+                return st
+            if self._proc is not None and self._proc.poll() is not None:
+                raise FlRunError(f"the SuperLink died during run {run_id}; see {self.log_path}")
+            if time.monotonic() > deadline:
+                self.stop_run(run_id)
+                raise FlRunError(f"run {run_id} did not finish in {timeout:.0f} s; stopped it")
+            time.sleep(interval)
