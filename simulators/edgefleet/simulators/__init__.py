@@ -1,0 +1,1 @@
+"""The fleet simulator: many real agents, emulated microcontrollers, scripted faults."""

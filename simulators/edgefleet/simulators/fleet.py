@@ -1,0 +1,450 @@
+"""The coordinator: broker, cloud, worker processes, the broker-wide timeline, checks, report.
+
+``Simulation(options).run()`` plans the fleet, builds (or reuses) the bundles, starts the
+broker and the cloud, spawns P worker processes (spawn context: no inherited locks or TF
+state), plays broker outages, renders the live view, then checks every invariant and writes
+the report. Device-level events run inside the workers, on the devices' own loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import multiprocessing as mp
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from rich.console import Console
+from rich.live import Live
+
+from edgefleet.cloud.app import Cloud, CloudConfig
+from edgefleet.cloud.broker import BrokerProcess, EmbeddedBroker, MosquittoBroker
+from edgefleet.cloud.broker.mosquitto import mosquitto_available
+from edgefleet.cloud.store import open_store
+from edgefleet.cloud.store.base import TERMINAL_STATES, TelemetryStore
+from edgefleet.protocol.errors import ConfigError
+from edgefleet.simulators.bundles import BundleCache
+from edgefleet.simulators.device import DeviceResult, Tuning
+from edgefleet.simulators.errors import ScenarioError, SimulationError
+from edgefleet.simulators.invariants import TABLES, Checks, check_run
+from edgefleet.simulators.live import LiveState, summary_table
+from edgefleet.simulators.observer import StatusObserver
+from edgefleet.simulators.plan import Action, FleetPlan, plan_fleet
+from edgefleet.simulators.report import Report, build_report, write_report
+from edgefleet.simulators.scenario import (
+    BrokerOutage,
+    OutboxCap,
+    Partition,
+    Scenario,
+    default_scenario,
+)
+from edgefleet.simulators.worker import WorkerSpec, worker_main
+
+Hook = Callable[["Simulation"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SimOptions:
+    """Everything ``edgefleet sim run`` takes."""
+
+    devices: int | None = None
+    duration: float | None = None
+    scenario: Scenario = field(default_factory=default_scenario)
+    broker: str = "auto"
+    db_url: str | None = None
+    processes: int = 1
+    seed: int | None = None
+    workdir: Path = Path(".edgefleet-sim")
+    report: Path | None = None
+    tuning: Tuning = field(default_factory=Tuning)
+    drain_timeout: float = 90.0
+    cache_dir: Path | None = None
+    live: bool = True
+    http_port: int = 0
+    start_timeout: float = 180.0
+
+    def __post_init__(self) -> None:
+        if self.processes < 1:
+            raise ConfigError("--processes must be at least 1")
+        if self.devices is not None and self.devices < 1:
+            raise ConfigError("--devices must be at least 1")
+
+
+def parse_broker(spec: str) -> tuple[str, str | None]:
+    """``auto``, ``embedded``, ``mosquitto`` or ``mqtt://HOST:PORT`` -> (kind, url)."""
+    if spec in ("auto", "embedded", "mosquitto"):
+        return spec, None
+    url = urlparse(spec)
+    if url.scheme not in ("mqtt", "tcp") or not url.hostname:
+        raise ConfigError(f"--broker {spec!r}: give embedded, mosquitto, auto, or mqtt://HOST:PORT")
+    return "url", f"mqtt://{url.hostname}:{url.port or 1883}"
+
+
+class Simulation:
+    """One simulated run; use :meth:`run` (or :meth:`prepare` then :meth:`run`)."""
+
+    def __init__(self, options: SimOptions, console: Console | None = None) -> None:
+        self.options = options
+        self.console = console or Console()
+        self.kind, self.external_broker = parse_broker(options.broker)
+        scenario = options.scenario
+        if options.seed is not None:
+            import msgspec
+
+            scenario = msgspec.structs.replace(scenario, seed=options.seed)
+        self.plan: FleetPlan = plan_fleet(scenario, options.devices, options.duration)
+        if self.plan.broker_outages and self.external_broker is not None:
+            raise ScenarioError(
+                "the scenario has a broker-outage but --broker names a running broker the "
+                "simulator cannot stop; use --broker embedded or mosquitto"
+            )
+        self.workdir = options.workdir
+        self.bundles = BundleCache(options.cache_dir)
+        self.broker: BrokerProcess | None = None
+        self.cloud: Cloud | None = None
+        self.store: TelemetryStore | None = None
+        self.observer: StatusObserver | None = None
+        self.state = LiveState(
+            title=f"edgefleet sim: {scenario.name} (seed {scenario.seed})",
+            duration=self.plan.duration,
+            devices=len(self.plan.devices),
+        )
+        self.timeline: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------------ set-up
+
+    @property
+    def broker_url(self) -> str:
+        """The broker every device and the cloud use."""
+        if self.external_broker is not None:
+            return self.external_broker
+        assert self.broker is not None, "prepare() first"
+        return self.broker.url
+
+    @property
+    def http_url(self) -> str:
+        """The cloud's API."""
+        assert self.cloud is not None, "prepare() first"
+        return self.cloud.http_url
+
+    def say(self, text: str) -> None:
+        """Add a line to the live view's event log and the report's timeline."""
+        with self._lock:
+            self.state.event(text)
+            at = time.monotonic() - self.state.started if self.state.started else 0.0
+            self.timeline.append({"at": round(at, 2), "event": text})
+
+    def _fresh_workdir(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # A run's accounting starts from empty outboxes and an empty store.
+        for name in ("devices", "cloud", "broker", "report.json"):
+            path = self.workdir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+    def build_bundles(self) -> dict[str, Path]:
+        """Build (or reuse) the reference bundle of every model the groups run."""
+        names = sorted({d.model for d in self.plan.devices if d.model != "none"})
+        self.bundles.ensure_keys()
+        out: dict[str, Path] = {}
+        for name in names:
+            hit = self.bundles.cached(name)
+            if hit is None:
+                with self.console.status(f"building {name} (first run only, cached after)"):
+                    hit = self.bundles.ensure(name)
+            out[name] = hit.directory
+        return out
+
+    def prepare(self) -> None:
+        """Fresh work directory, bundles, broker, cloud and the status observer."""
+        self._fresh_workdir()
+        self.bundle_dirs = self.build_bundles()
+        if self.external_broker is None:
+            use = self.kind
+            if use == "auto":
+                use = "mosquitto" if mosquitto_available() else "embedded"
+            cls = MosquittoBroker if use == "mosquitto" else EmbeddedBroker
+            self.broker = cls(self.workdir / "broker").start(timeout=30)
+        embedded = isinstance(self.broker, EmbeddedBroker)
+        self.cloud = Cloud(
+            CloudConfig(
+                workdir=self.workdir / "cloud",
+                broker_url=self.broker_url,
+                db_url=self.options.db_url,
+                http_port=self.options.http_port,
+                trusted_keys=(self.bundles.public_key,),
+                fleet=self.plan.scenario.fleet,
+                mqtt_version="3.1.1" if embedded else None,
+            )
+        ).start(timeout=60)
+        self.store = open_store(self.cloud.db_url)
+        self.state.urls["API"] = self.http_url + "/docs"
+        if getattr(self.cloud, "dashboard", None) is not None:
+            self.state.urls["dashboard"] = self.http_url + "/dashboard"
+        host, port = self._host_port()
+        self.observer = StatusObserver(host, port, self.plan.scenario.fleet)
+        if not self.observer.wait_subscribed(15):
+            raise SimulationError(f"cannot subscribe to the broker at {self.broker_url}")
+
+    def _host_port(self) -> tuple[str, int]:
+        url = urlparse(self.broker_url)
+        return url.hostname or "127.0.0.1", url.port or 1883
+
+    # ------------------------------------------------------------------ running
+
+    def _specs(self) -> list[WorkerSpec]:
+        host, port = self._host_port()
+        proxied = tuple(
+            sorted(
+                {
+                    a.event.group
+                    for a in self.plan.actions
+                    if isinstance(a.event, Partition | OutboxCap)
+                }
+            )
+        )
+        specs = []
+        for i, devices in enumerate(self.plan.split(self.options.processes)):
+            if not devices:
+                continue
+            mine = {d.device_id for d in devices}
+            actions = tuple(
+                a
+                for a in self.plan.actions
+                if not isinstance(a.event, BrokerOutage) and set(a.devices) & mine
+            )
+            specs.append(
+                WorkerSpec(
+                    index=i,
+                    devices=devices,
+                    actions=actions,
+                    duration=self.plan.duration,
+                    fleet=self.plan.scenario.fleet,
+                    host=host,
+                    port=port,
+                    workdir=self.workdir,
+                    bundles=self.bundle_dirs,
+                    trusted_keys=(self.bundles.public_key,),
+                    tuning=self.options.tuning,
+                    proxied_groups=proxied,
+                    drain_timeout=self.options.drain_timeout,
+                )
+            )
+        return specs
+
+    def outage(self, action: Action) -> None:
+        """Take the broker down for the outage's length, then start it again."""
+        ev = action.event
+        assert isinstance(ev, BrokerOutage)
+        assert self.broker is not None
+        how = "killed" if ev.hard else "stopped"
+        self.say(f"broker {how} for {ev.duration:g}s")
+        self.state.broker_up = False
+        if ev.hard:
+            self.broker.kill()
+        else:
+            self.broker.stop()
+        time.sleep(ev.duration)
+        self.broker.start(timeout=30)
+        self.state.broker_up = True
+        self.say("broker back")
+
+    def background(self, fn: Callable[[], None], name: str) -> None:
+        """Run ``fn`` on a thread (hooks and outages must not stall the live view)."""
+
+        def guarded() -> None:
+            try:
+                fn()
+            except Exception as exc:
+                self.say(f"[red]{name} failed: {type(exc).__name__}: {exc}[/]")
+                self.notes.append(f"{name} failed: {type(exc).__name__}: {exc}")
+
+        t = threading.Thread(target=guarded, name=f"sim-{name}", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def run(self, hooks: list[tuple[float, str, Hook]] | None = None) -> Report:
+        """Run the fleet to the end and return the checked report (not raising on failure)."""
+        if self.cloud is None:
+            self.prepare()
+        started = time.time()
+        ctx = mp.get_context("spawn")
+        run = _Run(self, ctx, self._specs(), sorted(hooks or [], key=lambda h: h[0]))
+        live = Live(self.state.render(), console=self.console, auto_refresh=False)
+        try:
+            with live if self.options.live else contextlib.nullcontext():
+                self.state.phase = "starting agents"
+                while not run.finished():
+                    run.step()
+                    if self.options.live:
+                        live.update(self.state.render(), refresh=True)
+                for t in self._threads:
+                    t.join(120)
+                self.state.phase = "checking"
+                if self.options.live:
+                    live.update(self.state.render(), refresh=True)
+        finally:
+            run.close()
+        if run.errors:
+            raise SimulationError("a simulator worker failed: " + "\n".join(run.errors)[-4000:])
+        flat = [r for i in sorted(run.results) for r in run.results[i]]
+        checks = self._check(flat)
+        report = build_report(self, checks, time.time() - started)
+        write_report(report, self.options.report or self.workdir / "report.json")
+        return report
+
+    def _check(self, results: list[DeviceResult]) -> Checks:
+        store, observer = self.store, self.observer
+        assert store is not None
+        assert observer is not None
+        # Wills reach the observer and acks reach the store asynchronously: wait (bounded) for
+        # every expected will and for every assignment target to settle before checking.
+        expected = {(r.device_id, c.boot_id) for r in results for c in r.crashes if c.connected}
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            settled = all(
+                t.state in TERMINAL_STATES for a in store.assignments() for t in a.targets
+            )
+            if expected <= observer.wills() and settled:
+                break
+            time.sleep(0.1)
+        return check_run(results, store, observer.wills(), len(self.plan.devices))
+
+    def close(self) -> None:
+        """Stop the observer, the cloud and the broker we started."""
+        if self.observer is not None:
+            with contextlib.suppress(Exception):
+                self.observer.close()
+            self.observer = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        if self.cloud is not None:
+            self.cloud.stop()
+            self.cloud = None
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+
+    def summary(self, checks: Checks) -> None:
+        """Print the per-device table and the invariants."""
+        self.console.print(summary_table(checks))
+
+
+class _Run:
+    """The worker processes of one run and the coordinator's side of their conversation."""
+
+    def __init__(
+        self,
+        sim: Simulation,
+        ctx: Any,
+        specs: list[WorkerSpec],
+        hooks: list[tuple[float, str, Hook]],
+    ) -> None:
+        self.sim = sim
+        self.specs = specs
+        self.out: Any = ctx.Queue()
+        self.go, self.abort = ctx.Event(), ctx.Event()
+        self.t0 = ctx.Value("d", 0.0)
+        self.hooks = hooks
+        self.outages = list(sim.plan.broker_outages)
+        self.ready: set[int] = set()
+        self.results: dict[int, list[DeviceResult]] = {}
+        self.errors: list[str] = []
+        self.deadline = time.monotonic() + sim.options.start_timeout
+        self.last_count = 0.0
+        self.procs = [
+            ctx.Process(
+                target=worker_main,
+                args=(s, self.out, self.go, self.t0, self.abort),
+                name=f"sim-{s.index}",
+            )
+            for s in specs
+        ]
+        for p in self.procs:
+            p.start()
+
+    def finished(self) -> bool:
+        """Every worker has answered (a result or an error)."""
+        return len(self.results) + len(self.errors) >= len(self.specs)
+
+    def step(self) -> None:
+        """Start the clock once all are ready, run due outages and hooks, read one message."""
+        sim, now = self.sim, time.monotonic()
+        if not self.go.is_set():
+            if len(self.ready) == len(self.specs):
+                self.t0.value = time.time() + 0.2
+                sim.state.started = now + 0.2
+                sim.state.phase = "running"
+                self.go.set()
+            elif now > self.deadline:
+                raise SimulationError(f"the agents did not start in {sim.options.start_timeout:g}s")
+        else:
+            self._due(now - sim.state.started)
+        try:
+            kind, index, payload = self.out.get(timeout=0.25)
+            self._handle(kind, index, payload)
+        except queue.Empty:
+            if not any(p.is_alive() for p in self.procs):
+                answered = set(self.results) | {int(e.split(":")[0]) for e in self.errors}
+                for s in self.specs:
+                    if s.index not in answered:
+                        self.errors.append(f"{s.index}: worker exited without a result")
+        if sim.store is not None and now - self.last_count > 2.0:
+            self.last_count = now
+            with contextlib.suppress(Exception):
+                sim.state.stored = sum(sim.store.count(t) for t in TABLES)
+
+    def _due(self, elapsed: float) -> None:
+        sim = self.sim
+        while self.outages and self.outages[0].at <= elapsed:
+            sim.background(functools.partial(sim.outage, self.outages.pop(0)), "outage")
+        while self.hooks and self.hooks[0][0] <= elapsed:
+            _, name, hook = self.hooks.pop(0)
+            sim.background(functools.partial(hook, sim), name)
+        if elapsed > sim.plan.duration:
+            sim.state.phase = "draining"
+
+    def _handle(self, kind: str, index: int, payload: Any) -> None:
+        sim = self.sim
+        if kind == "ready":
+            self.ready.add(index)
+            sim.say(f"process {index}: {payload} agents serving")
+        elif kind == "snap":
+            sim.state.add_snapshot(index, payload)
+        elif kind == "event":
+            sim.say(payload)
+        elif kind == "result":
+            self.results[index] = payload
+        elif kind == "error":
+            self.errors.append(f"{index}: {payload}")
+
+    def close(self) -> None:
+        """Tell the workers to stop and reap them."""
+        self.abort.set()
+        for p in self.procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+
+
+def run_simulation(options: SimOptions, console: Console | None = None) -> Report:
+    """Plan, run, check and report one simulation, then stop everything it started."""
+    sim = Simulation(options, console)
+    try:
+        sim.prepare()
+        return sim.run()
+    finally:
+        sim.close()

@@ -1,0 +1,197 @@
+"""The checks at the end of every run: nothing lost, nothing stored twice, every will, every ack.
+
+*Produced* records are the seqs a device gave out: 1..``last_seq`` of every boot, read from
+its outbox file (a seq exists only once its record is durably in the outbox, so a power cut
+never leaves a hole). Records still queued in memory at a crash never got a seq; they are
+reported as ``unsaved_at_crash`` (the agent's documented loss window), not as produced.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import get_args
+
+from edgefleet.cloud.store.base import TERMINAL_STATES, Assignment, RecordTable, TelemetryStore
+from edgefleet.simulators.device import DeviceResult
+
+TABLES: tuple[RecordTable, ...] = get_args(RecordTable)
+
+
+@dataclass(slots=True)
+class DeviceCheck:
+    """One device's accounting: what it produced against what the cloud stored."""
+
+    device_id: str
+    group: str
+    boots: int
+    produced: int
+    stored: int
+    duplicates: int
+    dropped: int
+    left_in_outbox: int
+    missing: int
+    lost: int
+    unknown: int
+    crashes: int
+    wills_expected: int
+    wills_seen: int
+    unsaved_at_crash: int
+    published_messages: int
+    replays: int
+    resends: int
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Every produced record is stored once, counted as dropped, or still in the outbox."""
+        return (
+            self.lost == 0
+            and self.duplicates == 0
+            and self.unknown == 0
+            and self.wills_seen == self.wills_expected
+            and self.error is None
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Invariant:
+    """One named check and its outcome."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(slots=True)
+class Checks:
+    """All invariants of a run, per device and fleet-wide."""
+
+    devices: list[DeviceCheck] = field(default_factory=list)
+    invariants: list[Invariant] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every invariant holds."""
+        return all(i.ok for i in self.invariants)
+
+    def total(self, name: str) -> int:
+        """The sum of one DeviceCheck counter over the fleet."""
+        return sum(int(getattr(d, name)) for d in self.devices)
+
+
+def check_device(
+    result: DeviceResult, store: TelemetryStore, wills: set[tuple[str, str]]
+) -> DeviceCheck:
+    """Compare one device's outbox accounting with the cloud's store and the wills seen."""
+    stored: Counter[tuple[str, int]] = Counter()
+    for table in TABLES:
+        stored.update(store.record_keys(table, result.device_id))
+    produced = {(b, s) for b, last in result.boots.items() for s in range(1, last + 1)}
+    left = set(result.left)
+    stored_keys = set(stored)
+    missing = produced - stored_keys - left
+    expected = [c for c in result.crashes if c.connected]
+    return DeviceCheck(
+        device_id=result.device_id,
+        group=result.group,
+        boots=len(result.boots),
+        produced=len(produced),
+        stored=len(stored_keys & produced),
+        duplicates=sum(n - 1 for n in stored.values() if n > 1),
+        dropped=result.dropped,
+        left_in_outbox=len(left),
+        missing=len(missing),
+        # A drop removes the oldest rows, some of which the cloud may already have stored:
+        # every record the cloud lacks must be covered by a counted drop.
+        lost=max(0, len(missing) - result.dropped),
+        unknown=len(stored_keys - produced),
+        crashes=len(result.crashes),
+        wills_expected=len(expected),
+        wills_seen=sum((result.device_id, c.boot_id) in wills for c in expected),
+        unsaved_at_crash=sum(c.unsaved for c in result.crashes),
+        published_messages=result.published_messages,
+        replays=result.replays,
+        resends=result.resends,
+        error=result.error,
+    )
+
+
+def check_assignments(assignments: list[Assignment]) -> Invariant:
+    """Every assigned model was acked (succeeded) or refused/failed with a reason."""
+    open_, unexplained, total = [], [], 0
+    for a in assignments:
+        for t in a.targets:
+            total += 1
+            if t.state not in TERMINAL_STATES:
+                open_.append(f"{t.device_id}:{a.model}@{a.version}={t.state}")
+            elif t.state != "succeeded" and not t.reason:
+                unexplained.append(f"{t.device_id}:{a.model}@{a.version}={t.state}")
+    ok = not open_ and not unexplained
+    detail = f"{total} targets in {len(assignments)} assignments"
+    if open_:
+        detail += f"; never answered: {', '.join(open_[:10])}"
+    if unexplained:
+        detail += f"; refused without a reason: {', '.join(unexplained[:10])}"
+    return Invariant("every assigned model acked or refused with a reason", ok, detail)
+
+
+def check_run(
+    results: list[DeviceResult],
+    store: TelemetryStore,
+    wills: set[tuple[str, str]],
+    expected_devices: int,
+) -> Checks:
+    """Every invariant of a finished run."""
+    checks = Checks(devices=[check_device(r, store, wills) for r in results])
+    c = checks
+    bad = [d.device_id for d in c.devices if not d.ok]
+    produced, stored = c.total("produced"), c.total("stored")
+    c.invariants.append(
+        Invariant(
+            "every device reported",
+            len(results) == expected_devices,
+            f"{len(results)} of {expected_devices} devices reported their outbox",
+        )
+    )
+    c.invariants.append(
+        Invariant(
+            "produced = stored once + dropped (+ still in the outbox)",
+            c.total("lost") == 0 and c.total("unknown") == 0,
+            f"produced {produced}, stored {stored}, dropped {c.total('dropped')}, "
+            f"in outboxes {c.total('left_in_outbox')}, lost {c.total('lost')}, "
+            f"unknown {c.total('unknown')}",
+        )
+    )
+    c.invariants.append(
+        Invariant(
+            "every outbox drained by the end",
+            c.total("left_in_outbox") == 0,
+            f"{c.total('left_in_outbox')} records never delivered",
+        )
+    )
+    c.invariants.append(
+        Invariant(
+            "no record stored twice",
+            c.total("duplicates") == 0,
+            f"{c.total('duplicates')} duplicate rows",
+        )
+    )
+    c.invariants.append(
+        Invariant(
+            "a will (LWT) for every crash of an online device",
+            c.total("wills_seen") == c.total("wills_expected"),
+            f"{c.total('wills_seen')} of {c.total('wills_expected')} wills seen "
+            f"({c.total('crashes')} crashes)",
+        )
+    )
+    errors = [f"{d.device_id}: {d.error}" for d in c.devices if d.error]
+    c.invariants.append(
+        Invariant("every agent stopped cleanly", not errors, "; ".join(errors[:5]) or "yes")
+    )
+    c.invariants.append(check_assignments(store.assignments(limit=1000)))
+    if bad:
+        c.invariants.append(
+            Invariant("every device accounted", False, f"failing devices: {', '.join(bad[:10])}")
+        )
+    return c

@@ -1,0 +1,110 @@
+"""The JSON report of a run: options, timeline, invariants, totals and per-device accounting."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgefleet.simulators.invariants import Checks
+
+if TYPE_CHECKING:
+    from edgefleet.simulators.fleet import Simulation
+
+
+@dataclass(slots=True)
+class Report:
+    """What a run did and whether its invariants held (``ok``)."""
+
+    scenario: str
+    seed: int
+    devices: int
+    processes: int
+    duration_s: float
+    wall_s: float
+    broker: str
+    api_url: str
+    ok: bool
+    totals: dict[str, int]
+    invariants: list[dict[str, Any]]
+    timeline: list[dict[str, Any]]
+    per_device: dict[str, dict[str, Any]]
+    memory: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+    checks: Checks | None = None
+
+    def to_json(self) -> str:
+        """The report as indented JSON (without the in-memory ``checks``)."""
+        data = asdict(self)
+        data.pop("checks", None)
+        return json.dumps(data, indent=2, default=str)
+
+
+TOTALS = (
+    "produced",
+    "stored",
+    "dropped",
+    "left_in_outbox",
+    "lost",
+    "duplicates",
+    "unknown",
+    "crashes",
+    "wills_expected",
+    "wills_seen",
+    "unsaved_at_crash",
+    "published_messages",
+    "replays",
+    "resends",
+)
+
+
+def build_report(sim: Simulation, checks: Checks, wall_s: float) -> Report:
+    """Assemble the report of a finished run."""
+    plan = sim.plan
+    rss = sum(s.rss_mb for s in sim.state.snaps.values())
+    n = len(plan.devices)
+    return Report(
+        scenario=plan.scenario.name,
+        seed=plan.scenario.seed,
+        devices=n,
+        processes=len(sim.state.snaps) or sim.options.processes,
+        duration_s=plan.duration,
+        wall_s=round(wall_s, 2),
+        broker=sim.broker_url,
+        api_url=sim.http_url,
+        ok=checks.ok,
+        totals={k: checks.total(k) for k in TOTALS},
+        invariants=[asdict(i) for i in checks.invariants],
+        timeline=list(sim.timeline),
+        per_device={d.device_id: {**asdict(d), "ok": d.ok} for d in checks.devices},
+        memory={"worker_rss_mb": round(rss, 1), "mb_per_device": round(rss / n, 3) if n else 0.0},
+        notes=list(sim.notes),
+        extra={"assignments": _assignments(sim)},
+        checks=checks,
+    )
+
+
+def _assignments(sim: Simulation) -> list[dict[str, Any]]:
+    store = sim.store
+    if store is None:
+        return []
+    return [
+        {
+            "id": a.id,
+            "model": f"{a.model}@{a.version}",
+            "states": a.counts(),
+            "refusals": {t.device_id: t.reason for t in a.targets if t.state != "succeeded"},
+        }
+        for a in store.assignments(limit=1000)
+    ]
+
+
+def write_report(report: Report, path: Path) -> Path:
+    """Write the report as JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report.to_json())
+    return path
