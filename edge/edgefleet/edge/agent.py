@@ -290,8 +290,8 @@ class Agent(LinkHandler):
         while not self._stop.is_set():
             chunk = await source.read()
             if chunk is None:
-                self.source_done.set()
                 await uplink.flush()
+                self.source_done.set()
                 return
             pipe = self.pipeline
             if self.cfg.uplink.publish_readings:

@@ -187,10 +187,13 @@ class Uplink:
             if not self._pending:
                 return
             items, self._pending = self._pending, []
-            n, self._pending_records = self._pending_records, 0
+            # Count records as pending until they are in the outbox: `pending == 0` then
+            # means "all of it is on disk", not "handed to the writer thread".
+            n = self._pending_records
             loop = asyncio.get_running_loop()
             before = self.outbox.drops
             await loop.run_in_executor(self._db, self._store, items)
+            self._pending_records -= n
             self.counters.stored += n
             self.counters.dropped += self.outbox.drops - before
             self.depth, self.drops = self.outbox.depth, self.outbox.drops
