@@ -21,6 +21,7 @@ from typing import Any, Literal
 from edgefleet.cloud.assignments import Assigner
 from edgefleet.cloud.errors import NoTargets, NotFound
 from edgefleet.cloud.fl.errors import FlSettingsError
+from edgefleet.cloud.fl.journal import RunJournal
 from edgefleet.cloud.fl.settings import STRATEGIES, RunSettings
 from edgefleet.cloud.node import CloudNode
 from edgefleet.cloud.publisher import CommandPublisher
@@ -148,7 +149,7 @@ class FlRun:
 
 
 class FlService:
-    """Starts federated runs in the background and keeps them (in memory; rounds in the store)."""
+    """Starts federated runs in the background and keeps their records (``run.json``)."""
 
     def __init__(
         self,
@@ -168,7 +169,9 @@ class FlService:
         self.node = node
         self.assigner = assigner
         self.fleet = fleet
-        self._runs: dict[str, FlRun] = {}
+        self.journal = RunJournal(settings.workdir)
+        # Runs of earlier cloud processes: readable, never resumed (see journal.py).
+        self._runs: dict[str, FlRun] = {run.id: run for run in self.journal.load()}
         self._threads: dict[str, threading.Thread] = {}
         self._links: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -226,6 +229,7 @@ class FlService:
         with self._lock:
             self._runs[run.id] = run
             self._threads[run.id] = thread
+        self._save(run)
         thread.start()
         return run
 
@@ -238,7 +242,7 @@ class FlService:
         return run
 
     def runs(self) -> list[FlRun]:
-        """Every run of this cloud process, newest first."""
+        """Every run this cloud knows (its own and earlier processes'), newest first."""
         with self._lock:
             return sorted(self._runs.values(), key=lambda r: r.created_at, reverse=True)
 
@@ -283,6 +287,14 @@ class FlService:
             run.error, run.reason, run.state = f"{type(exc).__name__}: {exc}", "internal", "failed"
         finally:
             run.finished_at = time.time()
+            self._save(run)
+
+    def _save(self, run: FlRun) -> None:
+        """Write the run's record; a full disk must not kill the run, only its record."""
+        try:
+            self.journal.save(run)
+        except (OSError, ValueError) as exc:
+            log.error("cannot write the record of federated run %s: %s", run.id, exc)
 
     def _drive(self, run: FlRun, targets: list[tuple[str, str]]) -> None:
         from edgefleet.cloud.fl.origin import start_point
@@ -316,10 +328,12 @@ class FlService:
         try:
             run.superlink = cfg.public_address or link.address
             run.state = "running"
+            self._save(run)
             self._invite(run, targets)
 
             def on_round(rec: dict[str, Any]) -> None:
                 run.rounds.append(rec)
+                self._save(run)
                 publish_round(self.store, req.model, run.id, rec)
 
             timeout = req.quorum_timeout_s + req.rounds * (req.round_timeout_s + 60) + 120
@@ -330,9 +344,11 @@ class FlService:
                 self._links.pop(run.id, None)
         if req.register:
             run.state = "registering"
+            self._save(run)
             self._register(run, outcome, root)
         if req.assign and run.registered and not run.rejected:
             run.state = "assigning"
+            self._save(run)
             assert self.assigner is not None
             assignment = self.assigner.assign(
                 run.registered, "list" if len(run.devices) > 1 else "device", run.devices,
