@@ -13,7 +13,7 @@ import pytest
 from support.fl_fleet import fill_agent_db
 
 from edgefleet.edge.fl.buffer import TrainingBuffer, encode_sample
-from edgefleet.edge.fl.config import FlConfig, supernode_command
+from edgefleet.edge.fl.config import FlConfig, free_port, supernode_command
 from edgefleet.edge.fl.errors import (
     BadUpdate,
     FlConfigError,
@@ -135,6 +135,41 @@ def test_supervisor_restarts_with_backoff_and_stops(caplog):
     assert "exited with status 3" in caplog.text
     with pytest.raises(SuperNodeError):
         SuperNodeSupervisor([], logging.getLogger("x"))
+
+
+def test_supervisor_builds_a_fresh_command_for_every_restart(caplog):
+    """A SuperNode whose port was taken must not retry that port for ever."""
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = [taken.getsockname()[1]]
+
+    def command() -> list[str]:
+        port = ports[-1] if len(ports) == 1 else free_port()
+        ports.append(port)
+        # Stands in for the SuperNode: bind the ClientAppIo port, or exit 1 as it does.
+        script = (
+            "import socket, sys, time; s = socket.socket(); "
+            f"s.bind(('127.0.0.1', {port})); print('bound', flush=True); time.sleep(60)"
+        )
+        return [sys.executable, "-c", script]
+
+    sup = SuperNodeSupervisor(
+        command, logging.getLogger("test.sup3"), restart_min_s=0.05, restart_max_s=0.2
+    )
+    with caplog.at_level(logging.INFO, logger="test.sup3"):
+        sup.start()
+        deadline = time.monotonic() + 20
+        while "supernode: bound" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.02)
+        sup.stop(timeout=5)
+    taken.close()
+    assert sup.restarts >= 1  # the first child could not bind
+    assert "exited with status 1" in caplog.text
+    assert len(set(ports[1:])) >= 2  # and the restart ran with another port
 
 
 def test_supervisor_stop_ends_a_running_child():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefleet.cloud.fl.superlink import SuperLink, free_port
+from edgefleet.cloud.fl.superlink import SuperLink
 from edgefleet.edge.fl.buffer import encode_sample
 from edgefleet.edge.fl.config import FlConfig, supernode_command
 from edgefleet.edge.fl.supervisor import SuperNodeSupervisor
@@ -49,14 +49,13 @@ class Fleet:
         config = FlConfig(
             enabled=True,
             superlink=self.link.address,
-            clientappio_port=free_port(),
             restart_min_s=0.5,
             max_cpu_percent=0.0,  # the shared test machine is always busy
             **cfg,  # type: ignore[arg-type]
         )
         log = logging.getLogger(f"test.fl.{name}")
         sup = SuperNodeSupervisor(
-            supernode_command(config, db), log, restart_min_s=0.5, restart_max_s=2.0
+            lambda: supernode_command(config, db), log, restart_min_s=0.5, restart_max_s=2.0
         ).start()
         self.supervisors.append(sup)
         return sup

@@ -148,9 +148,9 @@ class TrainingManager:
     def _supervisor(self, superlink: str) -> SuperNodeSupervisor:
         cfg = msgspec.structs.replace(self.cfg, superlink=superlink)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        command = supernode_command(cfg, self.db, {"status": str(self.status_path)})
+        extra: dict[str, str | float] = {"status": str(self.status_path)}
         return SuperNodeSupervisor(
-            command,
+            lambda: supernode_command(cfg, self.db, extra),
             self.log,
             restart_min_s=cfg.restart_min_s,
             restart_max_s=cfg.restart_max_s,

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from edgefleet.edge.fl.errors import SuperNodeError
@@ -50,7 +50,7 @@ class SuperNodeSupervisor:
 
     def __init__(
         self,
-        command: Sequence[str],
+        command: Sequence[str] | Callable[[], Sequence[str]],
         logger: logging.Logger,
         *,
         env: Mapping[str, str] | None = None,
@@ -59,9 +59,17 @@ class SuperNodeSupervisor:
         stable_after_s: float = 60.0,
         cwd: Path | None = None,
     ) -> None:
-        if not command:
+        # A factory is called for every (re)start: a SuperNode whose ClientAppIo port was
+        # taken meanwhile (say, as the local port of an outgoing connection) would otherwise
+        # fail to bind at every restart, for ever.
+        if callable(command):
+            self._factory = command
+        else:
+            fixed = list(command)
+            self._factory = lambda: fixed
+        self.command = list(self._factory())
+        if not self.command:
             raise SuperNodeError("no SuperNode command to run")
-        self.command = list(command)
         self.log = logger
         self.env = child_env(env)
         self.restart_min_s = restart_min_s
@@ -99,6 +107,8 @@ class SuperNodeSupervisor:
         return self
 
     def _spawn(self) -> subprocess.Popen[bytes] | None:
+        if self.starts:
+            self.command = list(self._factory())
         try:
             proc = subprocess.Popen(
                 self.command,
