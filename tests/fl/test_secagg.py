@@ -1,0 +1,158 @@
+"""SecAgg+ on a loopback deployment: real SuperLink, three real SuperNodes, LiteRT training.
+
+The secure aggregate is checked against plain FedAvg of the same client updates: both runs
+start from the same weights on the same buffers with the same seeds (LiteRT training is
+deterministic), so they differ only by SecAgg+'s quantisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support.fl_fleet import Fleet, fill_agent_db, vibration_windows
+
+from edgefleet.cloud.fl.errors import FlSettingsError, QuorumNotReached
+from edgefleet.cloud.fl.outcome import run_on_superlink
+from edgefleet.cloud.fl.prepare import prepare_run
+from edgefleet.cloud.fl.rounds import read_rounds
+from edgefleet.cloud.fl.secagg import (
+    CLIENT_APP,
+    SECAGG_APP_TOML,
+    SERVER_APP,
+    SecAggLink,
+    SecAggSettings,
+    run_secagg,
+)
+from edgefleet.cloud.fl.settings import RunSettings
+from edgefleet.cloud.fl.superlink import SuperLink
+from edgefleet.edge.fl.config import FlConfig, supernode_command
+from edgefleet.edge.fl.progress import read_notes
+from edgefleet.edge.fl.supervisor import SuperNodeSupervisor
+
+MODEL = "vibration-anomaly"
+
+
+def _add_node(fleet: Fleet, db: Path, status: Path) -> None:
+    """A supervised SuperNode that notes its rounds in ``status``, as the agent's does."""
+    config = FlConfig(enabled=True, superlink=fleet.link.address, max_cpu_percent=0.0)
+    cmd = supernode_command(config, db, {"status": str(status)})
+    log = logging.getLogger(f"test.fl.{db.stem}")
+    sup = SuperNodeSupervisor(lambda: cmd, log, restart_min_s=0.5, restart_max_s=2.0)
+    fleet.supervisors.append(sup.start())
+
+
+def _fleet(tmp_path: Path, sizes: list[int]) -> Fleet:
+    fleet = Fleet(SuperLink(tmp_path / "link").start())
+    try:
+        for i, n in enumerate(sizes):
+            db = fill_agent_db(tmp_path / f"agent{i}.db", MODEL, vibration_windows(100 + i, n))
+            _add_node(fleet, db, tmp_path / f"agent{i}.status")
+    except BaseException:
+        fleet.stop()
+        raise
+    return fleet
+
+
+def _secagg_view(link: SuperLink) -> SecAggLink:
+    """The same running SuperLink, submitting the SecAgg+ apps."""
+    return SecAggLink(link.workdir, host=link.host, port=link.port)
+
+
+def test_settings_resolve_the_threshold_and_the_quorum():
+    three = RunSettings(model=MODEL, rounds=1, min_clients=3, workdir=".")
+    assert SecAggSettings().threshold(three) == 2
+    assert SecAggSettings().quorum(dataclasses.replace(three, min_clients=1)) == 2
+    assert SecAggSettings(num_shares=5, reconstruction_threshold=4).quorum(three) == 4
+    assert SecAggSettings().workflow_args(three)["max_weight"] == three.max_samples
+    for bad in ({"num_shares": 2}, {"reconstruction_threshold": 1}, {"num_shares": 3,
+                "reconstruction_threshold": 3}):  # fmt: skip
+        with pytest.raises(FlSettingsError):
+            SecAggSettings(**bad)
+    assert f'serverapp = "{SERVER_APP}"' in SECAGG_APP_TOML
+    assert f'clientapp = "{CLIENT_APP}"' in SECAGG_APP_TOML
+
+
+@pytest.mark.slow
+def test_secagg_rounds_aggregate_like_fedavg(tmp_path):
+    plain = RunSettings(
+        model=MODEL,
+        rounds=2,
+        min_clients=3,
+        workdir=str(tmp_path / "plain"),
+        epochs=3,
+        lr=0.1,
+        round_timeout_s=120,
+        quorum_timeout_s=120,
+    )
+    prepared = prepare_run(plain)
+    secure = dataclasses.replace(plain, workdir=str(tmp_path / "secure"))
+    shutil.copytree(plain.root, secure.root)
+    # Different buffer sizes: a wrong (unweighted) average would differ from FedAvg.
+    fleet = _fleet(tmp_path, [100, 160, 240])
+    try:
+        fedavg = run_on_superlink(plain, fleet.link, timeout=400)
+        outcome = run_secagg(secure, SecAggSettings(), _secagg_view(fleet.link), timeout=500)
+    finally:
+        fleet.stop()
+    for rec in fedavg.rounds + outcome.rounds:
+        print(f"round {rec['round']} {rec['status']} {rec['seconds']:.1f} s {rec['holdout']}")
+    assert [r["status"] for r in outcome.rounds] == ["aggregated"] * 2
+    assert all(r["replies"] == 3 and r["examples"] == 500 for r in outcome.rounds)
+    assert outcome.participants == 3
+    losses = [r["holdout"]["loss"] for r in outcome.rounds]
+    assert losses[0] < prepared.holdout()["loss"]
+    assert losses[1] < losses[0]
+    # Same client updates, so the same client losses as FedAvg's round 1 (before aggregation).
+    assert outcome.rounds[0]["client_loss_after"] == pytest.approx(
+        fedavg.rounds[0]["client_loss_after"], rel=1e-6
+    )
+    # The aggregate is FedAvg's within the quantisation (one step, 16 / 2**22, per client over
+    # the summed weight ratios 500 / 1000: <= 2.3e-5 a round), while the rounds moved the
+    # weights far more than that.
+    gap = max(
+        float(np.abs(a - b).max()) for a, b in zip(outcome.weights, fedavg.weights, strict=True)
+    )
+    moved = max(
+        float(np.abs(a - b).max()) for a, b in zip(fedavg.weights, prepared.initial, strict=True)
+    )
+    print(f"max |secagg - fedavg| = {gap:.2e}, max |fedavg - initial| = {moved:.2e}")
+    assert gap < 2.5e-4
+    assert moved > 20 * gap
+    for ours, theirs in zip(outcome.rounds, fedavg.rounds, strict=True):
+        assert ours["holdout"]["loss"] == pytest.approx(theirs["holdout"]["loss"], abs=2e-5)
+    # Each device noted every round of both runs (the SecAgg+ ones after its unmask reply),
+    # which is what ends an agent's on-demand SuperNode.
+    for i, n in enumerate([100, 160, 240]):
+        notes = read_notes(tmp_path / f"agent{i}.status")
+        assert [(x.round, x.rounds, x.outcome, x.examples) for x in notes] == [
+            (r, 2, "trained", n) for r in (1, 2, 1, 2)
+        ]
+
+
+@pytest.mark.slow
+def test_secagg_round_below_the_threshold_ends_with_a_reason(tmp_path):
+    # min_clients 1, but SecAgg+ needs its reconstruction threshold (2) of clients.
+    settings = RunSettings(
+        model=MODEL,
+        rounds=1,
+        min_clients=1,
+        workdir=str(tmp_path / "run"),
+        round_timeout_s=20,
+        quorum_timeout_s=3,
+    )
+    prepare_run(settings)
+    fleet = _fleet(tmp_path, [100])
+    try:
+        with pytest.raises(QuorumNotReached, match="of 2 clients connected"):
+            run_secagg(settings, SecAggSettings(), _secagg_view(fleet.link), timeout=120)
+    finally:
+        fleet.stop()
+    (rec,) = read_rounds(settings.rounds_path)
+    assert rec["status"] == "skipped"
+    assert "reconstruction threshold 2" in rec["reason"]
+    assert settings.result_path.is_file()
