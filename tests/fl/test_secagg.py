@@ -19,7 +19,7 @@ from support.fl_fleet import Fleet, fill_agent_db, vibration_windows
 from edgefleet.cloud.fl.errors import FlSettingsError, QuorumNotReached
 from edgefleet.cloud.fl.outcome import run_on_superlink
 from edgefleet.cloud.fl.prepare import prepare_run
-from edgefleet.cloud.fl.rounds import read_rounds
+from edgefleet.cloud.fl.rounds import load_weights, read_rounds
 from edgefleet.cloud.fl.secagg import (
     CLIENT_APP,
     SECAGG_APP_TOML,
@@ -50,7 +50,9 @@ def _fleet(tmp_path: Path, sizes: list[int]) -> Fleet:
     fleet = Fleet(SuperLink(tmp_path / "link").start())
     try:
         for i, n in enumerate(sizes):
-            db = fill_agent_db(tmp_path / f"agent{i}.db", MODEL, vibration_windows(100 + i, n))
+            db = tmp_path / f"agent{i}.db"
+            if n:  # 0: no agent database, the device refuses with no-training-data
+                fill_agent_db(db, MODEL, vibration_windows(100 + i, n))
             _add_node(fleet, db, tmp_path / f"agent{i}.status")
     except BaseException:
         fleet.stop()
@@ -156,3 +158,38 @@ def test_secagg_round_below_the_threshold_ends_with_a_reason(tmp_path):
     assert rec["status"] == "skipped"
     assert "reconstruction threshold 2" in rec["reason"]
     assert settings.result_path.is_file()
+
+
+@pytest.mark.slow
+def test_secagg_aggregates_the_survivors_when_a_client_drops_out(tmp_path):
+    # The third device joins the setup and key sharing, then refuses to train (no data).
+    strict = RunSettings(
+        model=MODEL,
+        rounds=1,
+        min_clients=3,
+        workdir=str(tmp_path / "strict"),
+        round_timeout_s=120,
+        quorum_timeout_s=120,
+    )
+    prepared = prepare_run(strict)
+    lenient = dataclasses.replace(strict, min_clients=2, workdir=str(tmp_path / "lenient"))
+    shutil.copytree(strict.root, lenient.root)
+    fleet = _fleet(tmp_path, [100, 160, 0])
+    try:
+        # Quorum 3: all three take part; two in the secure sum are below it, the model stays.
+        with pytest.raises(QuorumNotReached, match="2 of 3 clients in the secure sum"):
+            run_secagg(strict, SecAggSettings(), _secagg_view(fleet.link), timeout=400)
+        # Quorum 2 (all three still connected): SecAgg+ removes the dropped client's masks
+        # with the survivors' shares and aggregates the two others.
+        outcome = run_secagg(lenient, SecAggSettings(), _secagg_view(fleet.link), timeout=400)
+    finally:
+        fleet.stop()
+    kept = load_weights(strict.result_path)
+    assert all(np.array_equal(a, b) for a, b in zip(kept, prepared.initial, strict=True))
+    (rec,) = outcome.rounds
+    summary = (rec["status"], rec["sampled"], rec["replies"], rec["failures"], rec["examples"])
+    assert summary == ("aggregated", 3, 2, 1, 260)
+    assert outcome.participants == 2
+    assert rec["holdout"]["loss"] != prepared.holdout()["loss"]
+    notes = read_notes(tmp_path / "agent2.status")
+    assert [(n.outcome, n.reason) for n in notes] == [("refused", "no-training-data")] * 2
