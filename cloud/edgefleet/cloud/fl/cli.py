@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from edgefleet.cloud.fl.certs_cli import app as certs_app
 from edgefleet.cloud.fl.errors import FlRunError, FlSettingsError
 from edgefleet.cloud.fl.settings import DpSettings, RunSettings
 
@@ -23,6 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(certs_app, name="certs")
 
 Model = Annotated[str, typer.Option(help="Zoo model to train (an all-dense one).")]
 Rounds = Annotated[int, typer.Option(help="Number of rounds.")]

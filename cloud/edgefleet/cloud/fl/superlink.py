@@ -206,6 +206,44 @@ class SuperLink:
         with contextlib.redirect_stdout(io.StringIO()):
             return init_http_client_from_connection(conn)
 
+    def register_node(self, public_key: Path, *, name: str | None = None) -> int:
+        """Register a SuperNode's OpenSSH public key (``flwr supernode register``); its node id.
+
+        Needs ``supernode_auth``: only then does the SuperLink refuse SuperNodes whose key was
+        not registered. Under TLS the Control API client trusts ``tls.ca``, as SuperNodes do.
+        """
+        from flwr.proto.control_pb2 import RegisterNodeRequest
+
+        from edgefleet.cloud.fl.certs import check_node_name, node_public_key_bytes
+
+        key = node_public_key_bytes(public_key)
+        if name is not None:
+            check_node_name(name)
+        client = self._client()
+        try:
+            res = client.RegisterNode(RegisterNodeRequest(public_key=key, name=name))
+        except Exception as exc:
+            # Flower's message says why (e.g. "Public key already in use").
+            raise FlRunError(
+                f"the SuperLink at {self.address} refused to register {public_key}: {exc}"
+            ) from None
+        finally:
+            client.close()
+        if not res.node_id:
+            raise FlRunError(f"the SuperLink at {self.address} did not register {public_key}")
+        return int(res.node_id)
+
+    def nodes(self) -> dict[int, str]:
+        """Registered SuperNodes and their status (``registered``, ``online``, ``offline``)."""
+        from flwr.proto.control_pb2 import ListNodesRequest
+
+        client = self._client()
+        try:
+            res = client.ListNodes(ListNodesRequest())
+        finally:
+            client.close()
+        return {int(n.node_id): str(n.status) for n in res.nodes_info}
+
     def start_run(self, settings_path: Path) -> int:
         """Submit our app with ``settings_path`` as its run config; return the run id."""
         from flwr.cli.build import build_fab_from_disk
