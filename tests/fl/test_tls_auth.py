@@ -210,7 +210,7 @@ def _refused(cmds: dict[str, list[str]], tmp_path: Path) -> dict[str, tuple[int,
 
 
 @pytest.mark.slow
-def test_registered_supernode_trains_over_tls_and_others_are_refused(tmp_path):
+def test_registered_supernode_trains_over_tls_and_others_are_refused(tmp_path, capsys):
     certs = init_certs(tmp_path / "certs")
     other_ca = init_certs(tmp_path / "other-ca").ca
     good = node_key(tmp_path / "keys", "good")
@@ -230,8 +230,17 @@ def test_registered_supernode_trains_over_tls_and_others_are_refused(tmp_path):
     try:
         node_id = link.register_node(good.public_key, name="good")
         assert link.nodes() == {node_id: "registered"}
-        with pytest.raises(FlRunError, match="refused to register"):
+        with pytest.raises(FlRunError, match="could not register"):
             link.register_node(good.public_key)
+        # The CLI registers with a SuperLink it did not start (Flower's own CLI cannot run).
+        spare = node_key(tmp_path / "keys", "spare").public_key
+        register = ["fl", "certs", "register", str(spare), "--superlink", link.address]
+        assert main([*register, "--ca", str(other_ca)]) == FlRunError.exit_code
+        assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().err  # it checks the SuperLink
+        assert main([*register, "--ca", str(certs.ca), "--name", "spare"]) == 0
+        registered = link.nodes()
+        spare_id = next(n for n in registered if n != node_id)
+        assert registered == {node_id: "registered", spare_id: "registered"}
 
         def node(key: Path, ca: Path) -> FlConfig:
             return FlConfig(
@@ -273,7 +282,7 @@ def test_registered_supernode_trains_over_tls_and_others_are_refused(tmp_path):
         assert "CERTIFICATE_VERIFY_FAILED" in refused["wrong-ca"][1]
         assert "CERTIFICATE_VERIFY_FAILED" in refused["no-ca"][1]
         assert "SuperNode authentication is enabled" in refused["keyless"][1]
-        assert link.nodes() == {node_id: "registered"}  # none of them got in
+        assert link.nodes() == registered  # none of them got in
 
         fleet.add_node(
             db,

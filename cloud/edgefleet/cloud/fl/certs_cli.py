@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from edgefleet.cloud.fl.certs import init_certs, node_key
+from edgefleet.cloud.fl.certs import CertsError, init_certs, node_key
 
 app = typer.Typer(
     help="TLS certificates for the SuperLink and key pairs for SuperNode authentication.",
@@ -61,3 +61,26 @@ def node_key_cmd(
     console = Console(highlight=False)
     console.print(f"private key: {pair.private_key}  (on the device: fl.auth_private_key)")
     console.print(f"public key:  {pair.public_key}  (register it with the SuperLink)")
+
+
+@app.command()
+def register(
+    public_key: Annotated[Path, typer.Argument(help="The SuperNode's NAME.pub (OpenSSH).")],
+    *,
+    superlink: Annotated[str, typer.Option(help="HOST:PORT of the SuperLink's Control API.")],
+    ca: Annotated[Path, typer.Option(help="The CA certificate that signed the SuperLink's.")],
+    name: Annotated[str | None, typer.Option(help="SuperNode name shown in the node list.")] = (
+        None
+    ),
+) -> None:
+    """Register a SuperNode's public key with a running TLS SuperLink (its node id)."""
+    import tempfile
+
+    from edgefleet.cloud.fl.superlink import register_node
+
+    if not ca.is_file():
+        raise CertsError(f"--ca {ca} is not a file; pass the ca.crt that `certs init` wrote")
+    # Flower's client keeps state under FLWR_HOME; nothing of it is needed afterwards.
+    with tempfile.TemporaryDirectory(prefix="edgefleet-flwr-") as home:
+        node_id = register_node(superlink, public_key, home=Path(home), ca=ca, name=name)
+    typer.echo(f"registered {public_key} as SuperNode {node_id}")

@@ -192,46 +192,18 @@ class SuperLink:
         self.stop()
 
     def _client(self) -> Any:
-        from flwr.cli.typing import SuperLinkConnection
-        from flwr.cli.utils import init_http_client_from_connection
-
-        os.environ["FLWR_HOME"] = str(self.home)
-        if self.tls is None:
-            conn = SuperLinkConnection(name="edgefleet", address=self.address, insecure=True)
-        else:
-            conn = SuperLinkConnection(
-                name="edgefleet", address=self.address, root_certificates=str(self.tls.ca)
-            )
-        # Flower prints the connection it uses to stdout on every call; keep our output clean.
-        with contextlib.redirect_stdout(io.StringIO()):
-            return init_http_client_from_connection(conn)
+        return control_client(self.address, self.home, None if self.tls is None else self.tls.ca)
 
     def register_node(self, public_key: Path, *, name: str | None = None) -> int:
         """Register a SuperNode's OpenSSH public key (``flwr supernode register``); its node id.
 
-        Needs ``supernode_auth``: only then does the SuperLink refuse SuperNodes whose key was
-        not registered. Under TLS the Control API client trusts ``tls.ca``, as SuperNodes do.
+        Needs ``supernode_auth`` for SuperNodes without a key to be refused; one with a key is
+        let in only once its key is registered. Under TLS the client trusts ``tls.ca``.
         """
-        from flwr.proto.control_pb2 import RegisterNodeRequest
-
-        from edgefleet.cloud.fl.certs import check_node_name, node_public_key_bytes
-
-        key = node_public_key_bytes(public_key)
-        if name is not None:
-            check_node_name(name)
-        client = self._client()
-        try:
-            res = client.RegisterNode(RegisterNodeRequest(public_key=key, name=name))
-        except Exception as exc:
-            # Flower's message says why (e.g. "Public key already in use").
-            raise FlRunError(
-                f"the SuperLink at {self.address} refused to register {public_key}: {exc}"
-            ) from None
-        finally:
-            client.close()
-        if not res.node_id:
-            raise FlRunError(f"the SuperLink at {self.address} did not register {public_key}")
-        return int(res.node_id)
+        return register_node(
+            self.address, public_key, home=self.home,
+            ca=None if self.tls is None else self.tls.ca, name=name,
+        )  # fmt: skip
 
     def nodes(self) -> dict[int, str]:
         """Registered SuperNodes and their status (``registered``, ``online``, ``offline``)."""
@@ -317,3 +289,44 @@ class SuperLink:
                 self.stop_run(run_id)
                 raise FlRunError(f"run {run_id} did not finish in {timeout:.0f} s; stopped it")
             time.sleep(interval)
+
+
+def control_client(address: str, home: Path, ca: Path | None) -> Any:
+    """A Control API client for ``address``: TLS trusting ``ca``, or plaintext without one."""
+    from flwr.cli.typing import SuperLinkConnection
+    from flwr.cli.utils import init_http_client_from_connection
+
+    # Flower keeps CLI state (tokens) under FLWR_HOME; keep ours out of the user's ~/.flwr.
+    os.environ["FLWR_HOME"] = str(home)
+    if ca is None:
+        conn = SuperLinkConnection(name="edgefleet", address=address, insecure=True)
+    else:
+        conn = SuperLinkConnection(name="edgefleet", address=address, root_certificates=str(ca))
+    # Flower prints the connection it uses to stdout on every call; keep our output clean.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return init_http_client_from_connection(conn)
+
+
+def register_node(
+    address: str, public_key: Path, *, home: Path, ca: Path | None, name: str | None = None
+) -> int:
+    """Register a SuperNode's OpenSSH public key with the SuperLink at ``address``; its id."""
+    from flwr.proto.control_pb2 import RegisterNodeRequest
+
+    from edgefleet.cloud.fl.certs import check_node_name, node_public_key_bytes
+
+    key = node_public_key_bytes(public_key)
+    if name is not None:
+        check_node_name(name)
+    client = control_client(address, home, ca)
+    try:
+        res = client.RegisterNode(RegisterNodeRequest(public_key=key, name=name))
+    except Exception as exc:
+        # A key already registered is a 412 (the SuperLink's log says why); a CA that did not
+        # sign the SuperLink's certificate fails the handshake.
+        raise FlRunError(f"could not register {public_key} at {address}: {exc}") from None
+    finally:
+        client.close()
+    if not res.node_id:
+        raise FlRunError(f"the SuperLink at {address} did not register {public_key}")
+    return int(res.node_id)
