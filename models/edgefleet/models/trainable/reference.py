@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgefleet.models.errors import UnsupportedVariant
-from edgefleet.models.trainable.spec import TrainableSpec
+from edgefleet.models.trainable.spec import FrozenBase, TrainableSpec
 
 Array = npt.NDArray[np.float32]
 
@@ -28,10 +28,50 @@ def check_weights(spec: TrainableSpec, weights: Sequence[npt.NDArray[np.generic]
     return out
 
 
+def check_keras_weights(
+    spec: TrainableSpec, weights: Sequence[npt.NDArray[np.generic]]
+) -> list[Array]:
+    """The whole Keras model's weights (frozen base first) as float32 arrays, checked."""
+    want = spec.keras_shapes()
+    got = [tuple(w.shape) for w in weights]
+    if got != want:
+        raise UnsupportedVariant(f"{spec.name}: Keras weights have shapes {got}, not {want}")
+    return [np.asarray(w, np.float32) for w in weights]
+
+
+def base_features(base: FrozenBase, x: Array) -> Array:
+    """The frozen base's output for windows ``x`` (flattened or (n, steps, channels))."""
+    h = np.asarray(x, np.float32).reshape(-1, *base.input_shape)
+    ws = iter(base.weights)
+    for layer in base.layers:
+        if layer.kind == "conv1d":
+            kernel, bias = next(ws), next(ws)
+            k = layer.kernel
+            if layer.padding == "same":
+                # TensorFlow's SAME padding puts the odd extra step on the right.
+                left = (k - 1) // 2
+                h = np.pad(h, ((0, 0), (left, k - 1 - left), (0, 0)))
+            win = np.lib.stride_tricks.sliding_window_view(h, k, axis=1)  # (n, t, c, k)
+            h = np.einsum("ntck,kcf->ntf", win, kernel, optimize=True) + bias
+            if layer.activation == "relu":
+                h = np.maximum(h, 0)
+        elif layer.kind == "maxpool1d":
+            p = layer.pool
+            t = h.shape[1] // p
+            h = h[:, : t * p].reshape(h.shape[0], t, p, h.shape[2]).max(axis=2)
+        else:
+            h = h.mean(axis=1)
+    return h.astype(np.float32)
+
+
 def forward(spec: TrainableSpec, weights: Sequence[Array], x: Array) -> Array:
     """The last layer's activations (softmax probabilities or the reconstruction)."""
     w = check_weights(spec, weights)
-    h = np.asarray(x, np.float32) * np.float32(spec.input_scale)
+    h = np.asarray(x, np.float32)
+    if spec.base is not None:
+        h = base_features(spec.base, h * np.float32(spec.input_scale))
+    else:
+        h = h.reshape(len(h), -1) * np.float32(spec.input_scale)
     for i, layer in enumerate(spec.layers):
         h = h @ w[2 * i] + w[2 * i + 1]
         if layer.activation == "relu":
@@ -46,7 +86,8 @@ def outputs(spec: TrainableSpec, weights: Sequence[Array], x: Array) -> Array:
     """What the exported model outputs: class probabilities, or the anomaly score (1 column)."""
     y = forward(spec, weights, x)
     if spec.loss == "reconstruction":
-        score: Array = np.mean(np.square(np.asarray(x, np.float32) - y), axis=-1, keepdims=True)
+        flat = np.asarray(x, np.float32).reshape(len(y), -1)
+        score: Array = np.mean(np.square(flat - y), axis=-1, keepdims=True)
         return score
     return y
 

@@ -3,7 +3,9 @@
 The inference model of a bundle is int8, so the float weights it was quantized from would be
 lost without this file; federated runs start from them (docs/federated.md). Arrays are stored
 as ``w00``, ``w01``... in the trainable spec's (Keras) order, the names of the trainable
-model's ``get_weights``/``set_weights`` signatures. numpy only: no TensorFlow to read it.
+model's ``get_weights``/``set_weights`` signatures. A model with a frozen base (``activity``)
+stores the whole Keras model, base first: a run started from it freezes *that* base and
+trains the head (:meth:`TrainableSpec.head_weights`). numpy only: no TensorFlow to read it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgefleet.models.errors import UnsupportedVariant, WeightsFileError
-from edgefleet.models.trainable.reference import Array, check_weights
+from edgefleet.models.trainable.reference import Array, check_keras_weights
 from edgefleet.models.trainable.spec import TrainableSpec
 from edgefleet.protocol.bundle import sha256_file
 from edgefleet.protocol.errors import HashMismatch, MissingFile
@@ -32,8 +34,9 @@ def weight_name(index: int) -> str:
 
 
 def write_weights(path: Path, spec: TrainableSpec, weights: Sequence[Array]) -> Path:
-    """Write ``weights`` (checked against ``spec``) as float32 arrays ``w00``, ``w01``..."""
-    arrays: dict[str, Any] = {weight_name(i): w for i, w in enumerate(check_weights(spec, weights))}
+    """Write the Keras ``weights`` (checked against ``spec``) as float32 ``w00``, ``w01``..."""
+    checked = check_keras_weights(spec, weights)
+    arrays: dict[str, Any] = {weight_name(i): w for i, w in enumerate(checked)}
     np.savez_compressed(path, **arrays)
     return Path(path)
 
@@ -64,7 +67,7 @@ def read_weights(path: Path, spec: TrainableSpec | None = None) -> list[Array]:
     if spec is None:
         return weights
     try:
-        return check_weights(spec, weights)
+        return check_keras_weights(spec, weights)
     except UnsupportedVariant as exc:
         raise WeightsFileError(f"{path} does not fit the model: {exc}") from None
 
