@@ -4,16 +4,25 @@ The SuperNode runs it in its own process for every message (Flower 1.41 has no i
 client), and Flower's simulation runs the same app for virtual clients. It trains with
 LiteRT (:mod:`edgefleet.edge.fl.local`), never with TensorFlow, so a Ray worker importing it
 stays small.
+
+Local differential privacy: when the round's config carries ``dp-clipping-norm``,
+``dp-sensitivity``, ``dp-epsilon`` and ``dp-delta`` (``--dp local``, the server decides the
+values), Flower's ``LocalDpMod`` clips the update to that L2 norm and adds Gaussian noise
+before the reply leaves. It is registered on the train handler only: on the whole app it
+would also wrap evaluate messages, which carry no update (and loop, as seen with 1.41).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import LocalDpMod
+from flwr.clientapp.typing import ClientAppCallable
 
-from edgefleet.edge.fl.errors import FlError
+from edgefleet.edge.fl.errors import FlConfigError, FlError
 from edgefleet.edge.fl.local import (
     TrainTask,
     database_path,
@@ -51,7 +60,33 @@ def _note(context: Context, msg: Message, note: dict[str, object]) -> None:
     )
 
 
-@app.train()
+DP_KEYS = ("dp-clipping-norm", "dp-sensitivity", "dp-epsilon", "dp-delta")
+
+
+def local_dp_from_config(config: Mapping[str, object]) -> LocalDpMod | None:
+    """The ``LocalDpMod`` the round's config asks for, or None without local DP."""
+    present = [k for k in DP_KEYS if k in config]
+    if not present:
+        return None
+    if len(present) != len(DP_KEYS):
+        raise FlConfigError(f"local DP needs all of {', '.join(DP_KEYS)}; got {present}")
+    try:
+        clip, sensitivity, epsilon, delta = (float(config[k]) for k in DP_KEYS)  # type: ignore[arg-type]
+        return LocalDpMod(clip, sensitivity, epsilon, delta)
+    except (TypeError, ValueError) as exc:
+        raise FlConfigError(f"bad local DP settings from the server: {exc}") from None
+
+
+def local_dp(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Clip and noise the reply's update when the round asks for local DP (a Flower mod)."""
+    config = msg.content.config_records.get("config")
+    mod = local_dp_from_config(dict(config) if config is not None else {})
+    if mod is None:
+        return call_next(msg, context)
+    return mod(msg, context, call_next)
+
+
+@app.train(mods=[local_dp])
 def train(msg: Message, context: Context) -> Message:
     """Train the received weights on this device's buffer; errors become error replies."""
     task, weights, db = _task(msg, context)

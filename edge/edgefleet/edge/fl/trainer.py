@@ -43,7 +43,9 @@ class LiteRTTrainer:
     """A trainable model in one LiteRT interpreter; use it from one thread.
 
     The model's variables are initialised by its ``init`` signature on construction (reading
-    them earlier returns garbage); weights come and go in Keras order.
+    them earlier returns garbage); weights come and go in Keras order. :meth:`set_weights`
+    also anchors FedProx's proximal term at those weights (the round's global weights).
+    Models built before FedProx support (no ``mu`` input) still load and train plain SGD.
     """
 
     def __init__(self, model: bytes, *, threads: int = 1) -> None:
@@ -54,6 +56,7 @@ class LiteRTTrainer:
             raise TrainableModelError(f"the model lacks the signatures {', '.join(missing)}")
         self._run = {s: self._interp.get_signature_runner(s) for s in REQUIRED}
         self.labelled = "y" in sigs["train"]["inputs"]
+        self.proximal = "mu" in sigs["train"]["inputs"]
         x = self._run["train"].get_input_details()["x"]
         self.batch, self.input_dim = int(x["shape"][0]), int(x["shape"][1])
         self._names = sorted(sigs["set_weights"]["inputs"])
@@ -65,7 +68,7 @@ class LiteRTTrainer:
         return [np.array(out[k], dtype=np.float32) for k in self._names]
 
     def set_weights(self, weights: Sequence[Array]) -> None:
-        """Replace every weight (shapes must match)."""
+        """Replace every weight (shapes must match); they become the proximal anchor too."""
         if len(weights) != len(self._names):
             raise BadUpdate(f"expected {len(self._names)} weight arrays, got {len(weights)}")
         details = self._run["set_weights"].get_input_details()
@@ -80,6 +83,9 @@ class LiteRTTrainer:
     def _batches(
         self, x: Array, y: Labels | None, order: npt.NDArray[np.int64]
     ) -> list[dict[str, Any]]:
+        if x.ndim > 2:
+            # Windows (n, steps, channels) of a frozen-base model: the model takes them flat.
+            x = x.reshape(len(x), -1)
         if x.ndim != 2 or x.shape[1] != self.input_dim:
             raise NoTrainingData(
                 f"samples have shape {x.shape[1:]}, the model takes {self.input_dim}"
@@ -132,15 +138,25 @@ class LiteRTTrainer:
         epochs: int = 1,
         lr: float = 0.05,
         seed: int = 0,
+        mu: float = 0.0,
         between_batches: Callable[[], None] | None = None,
     ) -> FitResult:
         """Train ``epochs`` passes of shuffled fixed-size batches; refuse a NaN result.
 
-        ``between_batches`` runs after every step: the place where training yields to
-        inference or stops for the device policy.
+        ``mu`` > 0 adds FedProx's proximal term ``mu/2 * ||w - anchor||^2`` (the anchor is
+        what :meth:`set_weights` last set). ``between_batches`` runs after every step: the
+        place where training yields to inference or stops for the device policy.
         """
         if len(x) == 0:
             raise NoTrainingData("the training buffer is empty")
+        if not (np.isfinite(mu) and mu >= 0):
+            raise TrainableModelError(f"the proximal mu must be finite and >= 0, not {mu}")
+        if mu > 0 and not self.proximal:
+            raise TrainableModelError(
+                "the server asks for FedProx (proximal-mu > 0) but this trainable model has no "
+                "proximal term (built before FedProx support): rebuild it with this version"
+            )
+        extra: dict[str, Any] = {"mu": np.float32(mu)} if self.proximal else {}
         start = time.perf_counter()
         before = self.evaluate(x, y)
         rng = np.random.default_rng(seed)
@@ -148,7 +164,7 @@ class LiteRTTrainer:
         lr_arr = np.float32(lr)
         for _ in range(max(0, epochs)):
             for feed in self._batches(x, y, rng.permutation(len(x))):
-                self._run["train"](**feed, lr=lr_arr)
+                self._run["train"](**feed, lr=lr_arr, **extra)
                 steps += 1
                 if between_batches is not None:
                     between_batches()
