@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +14,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefleet.cloud.fl.errors import FlRunError
 from edgefleet.cloud.fl.outcome import RunOutcome
+from edgefleet.cloud.fl.settings import RunSettings
 from edgefleet.cloud.store.base import ModelVersion
-from edgefleet.models.base import Dataset, ReferenceModel
+from edgefleet.models.base import Array, Dataset, ReferenceModel
 from edgefleet.models.bundler import bundle_from_trained
+from edgefleet.models.errors import UnsupportedVariant
 from edgefleet.models.runner import load_runner
+from edgefleet.models.trainable.spec import TrainableSpec
 from edgefleet.models.training import from_weights
 from edgefleet.protocol.bundle import (
     VerifiedBundle,
@@ -115,6 +119,24 @@ def _resign(
     return write_bundle(bundle.path, manifest, key, roles)
 
 
+def keras_weights(settings: RunSettings, weights: list[Array]) -> list[Array]:
+    """The whole Keras model's weights for a run's final (exchanged) weights.
+
+    A model with a frozen base exchanged only its head: the base comes back from the run's
+    ``spec.json``, exactly as the run froze it (the parent's). All-dense models are as is.
+    """
+    try:
+        spec = TrainableSpec.from_json(json.loads(settings.spec_path.read_text()))
+    except (OSError, ValueError, UnsupportedVariant) as exc:
+        raise FlRunError(
+            f"cannot read the run's trainable spec {settings.spec_path}: {exc}"
+        ) from None
+    try:
+        return spec.keras_weights(weights)
+    except UnsupportedVariant as exc:
+        raise FlRunError(f"the run's final weights do not fit its model: {exc}") from None
+
+
 def hand_off(
     outcome: RunOutcome,
     registry: Registry,
@@ -134,7 +156,9 @@ def hand_off(
     s = outcome.settings
     existing = versions.models(s.model)
     parent = _parent(existing, s.parent) if s.parent else current_model(existing)
-    trained = from_weights(s.model, outcome.weights, seed=s.seed, small=True, epochs=s.rounds)
+    trained = from_weights(
+        s.model, keras_weights(s, outcome.weights), seed=s.seed, small=True, epochs=s.rounds
+    )
     lineage = Lineage(
         parent=parent.ref if parent else None,
         trained_by="federated",

@@ -15,7 +15,7 @@ from edgefleet.cloud.fl.errors import FlSettingsError
 from edgefleet.cloud.fl.settings import RunSettings
 from edgefleet.models.base import Dataset
 from edgefleet.models.trainable.builder import build_trainable
-from edgefleet.models.trainable.reference import Array, check_weights
+from edgefleet.models.trainable.reference import Array, check_keras_weights
 from edgefleet.models.trainable.spec import TrainableSpec, spec_from_keras
 from edgefleet.models.zoo import get_model
 
@@ -50,14 +50,21 @@ class Prepared:
 def prepare_run(settings: RunSettings, initial: list[Array] | None = None) -> Prepared:
     """Write spec, trainable ``.tflite``, initial weights and holdout into the run directory.
 
-    ``initial`` is where the run starts (a registered version's float weights, see
-    :mod:`edgefleet.cloud.fl.origin`); without it the weights of a freshly built (seeded)
-    Keras model are used.
+    ``initial`` is where the run starts: the whole Keras model's float weights of a
+    registered version (see :mod:`edgefleet.cloud.fl.origin`); without it the weights of a
+    freshly built (seeded) Keras model are used. The trainable model is built here for
+    every run, so it always has the current signatures (FedProx's ``mu`` included). A model
+    with a frozen base (``activity``) freezes the base of ``initial`` (kept in ``spec.json``)
+    and exchanges only its head: ``initial.npz`` and ``Prepared.initial`` are the head's.
     """
     ref = get_model(settings.model)
     keras_model = ref.build(settings.seed)
+    if initial is not None:
+        # The spec reads a frozen base's weights from the model: the parent's, not fresh ones.
+        blank = spec_from_keras(ref.name, ref.task, keras_model)
+        keras_model.set_weights(check_keras_weights(blank, initial))
     spec = spec_from_keras(ref.name, ref.task, keras_model)
-    weights = check_weights(spec, initial if initial is not None else keras_model.get_weights())
+    weights = spec.head_weights(keras_model.get_weights())
     root = settings.root
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgefleet-trainable-") as tmp:

@@ -126,6 +126,7 @@ class RoundRunner:
         }
         if s.data_dir:
             cfg["data-dir"] = s.data_dir
+        cfg.update(s.dp.client_config())
         return ConfigRecord(cfg)
 
     def _record(self, rec: RoundRecord) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -10,34 +11,67 @@ from typing import Any, Literal
 from edgefleet.cloud.fl.errors import FlSettingsError
 
 StrategyName = Literal["fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum"]
-DpKind = Literal["none", "server-fixed", "server-adaptive"]
+DpKind = Literal["none", "server-fixed", "server-adaptive", "local"]
 STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum")
-DP_KINDS: tuple[str, ...] = ("none", "server-fixed", "server-adaptive")
+DP_KINDS: tuple[str, ...] = ("none", "server-fixed", "server-adaptive", "local")
 
 
 @dataclass(frozen=True, slots=True)
 class DpSettings:
-    """Central differential privacy: Flower's server-side clipping wrappers."""
+    """Differential privacy: Flower's server-side clipping wrappers, or ``LocalDpMod`` on clients.
+
+    ``local``: every client clips its update to L2 norm ``clipping_norm`` and adds Gaussian
+    noise of standard deviation ``noise_multiplier * clipping_norm`` to every parameter.
+    In ``LocalDpMod``'s terms (std = sensitivity * sqrt(2 ln(1.25/delta)) / epsilon):
+    sensitivity = clipping_norm, delta = ``delta``, epsilon = sqrt(2 ln(1.25/delta)) /
+    noise_multiplier (per round and client; no accounting across rounds).
+    """
 
     kind: DpKind = "none"
     noise_multiplier: float = 0.1
     clipping_norm: float = 5.0
+    delta: float = 1e-5
 
     def __post_init__(self) -> None:
         if self.kind not in DP_KINDS:
             raise FlSettingsError(f"--dp must be one of {', '.join(DP_KINDS)}")
         if self.noise_multiplier < 0 or self.clipping_norm <= 0:
             raise FlSettingsError("DP needs noise >= 0 and a positive clipping norm")
+        if not 0 < self.delta < 1:
+            raise FlSettingsError("the DP delta must lie between 0 and 1")
+
+    @property
+    def epsilon(self) -> float:
+        """Local DP's epsilon for one client's update in one round (inf without noise)."""
+        if self.noise_multiplier == 0:
+            return math.inf
+        return math.sqrt(2 * math.log(1.25 / self.delta)) / self.noise_multiplier
+
+    def client_config(self) -> dict[str, float]:
+        """What a client needs for ``LocalDpMod`` (round config keys; empty unless local)."""
+        if self.kind != "local":
+            return {}
+        return {
+            "dp-clipping-norm": self.clipping_norm,
+            "dp-sensitivity": self.clipping_norm,
+            "dp-epsilon": self.epsilon,
+            "dp-delta": self.delta,
+        }
 
     def lineage(self) -> dict[str, str | float]:
         """The DP settings as the bundle's lineage records them (empty without DP)."""
         if self.kind == "none":
             return {}
-        return {
+        out: dict[str, str | float] = {
             "kind": self.kind,
             "noise_multiplier": self.noise_multiplier,
             "clipping_norm": self.clipping_norm,
         }
+        if self.kind == "local":
+            out["delta"] = self.delta
+            if math.isfinite(self.epsilon):
+                out["epsilon"] = self.epsilon
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,8 @@ STRATEGY_FACTORIES: dict[str, Callable[[RunSettings], Strategy]] = {
 
 DP_WRAPPERS: dict[str, Callable[[Strategy, RunSettings], Strategy]] = {
     "none": lambda strategy, s: strategy,
+    # Local DP happens on the clients (LocalDpMod, the round config says how much).
+    "local": lambda strategy, s: strategy,
     "server-fixed": lambda strategy, s: DifferentialPrivacyServerSideFixedClipping(
         strategy, s.dp.noise_multiplier, s.dp.clipping_norm, s.min_clients
     ),
