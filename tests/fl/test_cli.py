@@ -16,9 +16,11 @@ from edgefleet.cloud.fl.settings import DpSettings, RunSettings
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["start", "--model", "digits", "--secagg"], "SecAgg"),
+        (["start", "--model", "digits", "--secagg", "--strategy", "krum"], "FedAvg only"),
+        (["start", "--model", "digits", "--secagg", "--cloud", "http://x"], "--cloud"),
+        (["start", "--model", "digits", "--secagg", "--secagg-threshold", "1"], "threshold"),
         (["start", "--model", "digits", "--strategy", "fedsgd"], "--strategy"),
-        (["start", "--model", "digits", "--dp", "local"], "--dp"),
+        (["start", "--model", "digits", "--dp", "client-magic"], "--dp"),
         (["start", "--model", "digits", "--rounds", "0"], "--rounds"),
         (["start", "--model", "digits", "--from", "1.0.0"], "--from needs the registry"),
     ],
@@ -61,6 +63,8 @@ def test_root_cli_exit_code_for_secagg(tmp_path):
             "--model",
             "digits",
             "--secagg",
+            "--dp",
+            "server-fixed",
             "--workdir",
             str(tmp_path),
         ],
@@ -70,7 +74,7 @@ def test_root_cli_exit_code_for_secagg(tmp_path):
         check=False,
     )
     assert proc.returncode == FlSettingsError.exit_code
-    assert "SecAgg" in proc.stderr + proc.stdout
+    assert "FedAvg only" in proc.stderr + proc.stdout
 
 
 def test_round_metrics_are_published_once_per_round(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,6 +19,8 @@ from edgefleet.cloud.fl.settings import DpSettings, RunSettings
 
 if TYPE_CHECKING:
     from edgefleet.cloud.fl.origin import StartPoint
+    from edgefleet.cloud.fl.outcome import RunOutcome
+    from edgefleet.cloud.fl.secagg import SecAggSettings
 
 app = typer.Typer(
     help="Federated learning with Flower: run rounds on devices or in simulation.",
@@ -67,7 +70,12 @@ def start(
     dp: Annotated[str, typer.Option(help="Central DP: none|server-fixed|server-adaptive")] = "none",
     dp_noise: Annotated[float, typer.Option(help="DP noise multiplier.")] = 0.1,
     dp_clip: Annotated[float, typer.Option(help="DP clipping norm (initial, if adaptive).")] = 5.0,
-    secagg: Annotated[bool, typer.Option(help="Secure aggregation (SecAgg+).")] = False,
+    secagg: Annotated[
+        bool, typer.Option(help="Secure aggregation (SecAgg+, Flower's legacy workflow).")
+    ] = False,
+    secagg_threshold: Annotated[
+        int, typer.Option(help="SecAgg+ reconstruction threshold (0: a majority of clients).")
+    ] = 0,
     epochs: Epochs = 1,
     lr: Lr = 0.05,
     round_timeout: Annotated[float, typer.Option(help="Round deadline in seconds.")] = 120.0,
@@ -113,6 +121,8 @@ def start(
     ] = None,
 ) -> None:
     """Run a SuperLink and a ServerApp for R rounds, then register the result."""
+    if cloud is not None and secagg:
+        raise FlSettingsError("--secagg is not offered through --cloud yet; run standalone")
     if cloud is not None:
         body: dict[str, Any] = {
             "model": model, "rounds": rounds, "min_clients": min_clients, "strategy": strategy,
@@ -124,16 +134,16 @@ def start(
         return
     if every is not None or device or assign:
         raise FlSettingsError("--every, --device and --assign need --cloud URL")
-    from edgefleet.cloud.fl.outcome import run_on_superlink
     from edgefleet.cloud.fl.prepare import prepare_run
     from edgefleet.cloud.fl.publish import publish_round
-    from edgefleet.cloud.fl.superlink import SuperLink
+    from edgefleet.cloud.fl.secagg import SecAggSettings
 
-    if secagg:
+    if secagg and (strategy != "fedavg" or dp != "none"):
         raise FlSettingsError(
-            "--secagg: Flower 1.41 offers SecAgg+ only through its legacy workflow API, not "
-            "with the Message-API strategies edgefleet runs (docs/federated.md)"
+            "--secagg aggregates with FedAvg only (Flower 1.41's legacy SecAgg+ workflow): "
+            "drop --strategy and --dp"
         )
+    secure = SecAggSettings(reconstruction_threshold=secagg_threshold) if secagg else None
     settings = RunSettings(
         model=model,
         rounds=rounds,
@@ -170,17 +180,17 @@ def start(
         store = open_store(db)
     run_id = f"{int(time.time())}"
     try:
-        with SuperLink(workdir / "superlink", host=host, port=port) as link:
-            console.log(f"SuperLink on {link.address}; waiting for {min_clients} SuperNodes")
-            progress, show = _progress(console, rounds)
+        progress, show = _progress(console, rounds)
 
-            def on_round(rec: dict[str, Any]) -> None:
-                show(rec)
-                if store is not None:
-                    publish_round(store, model, run_id, rec)
+        def on_round(rec: dict[str, Any]) -> None:
+            show(rec)
+            if store is not None:
+                publish_round(store, model, run_id, rec)
 
-            with progress:
-                outcome = run_on_superlink(settings, link, timeout=timeout, on_round=on_round)
+        outcome = _run_here(
+            settings, secure, workdir / "superlink", host=host, port=port, timeout=timeout,
+            console=console, progress=progress, on_round=on_round,
+        )  # fmt: skip
     finally:
         if store is not None:
             store.close()
@@ -194,6 +204,32 @@ def start(
             trusted=trusted_key or [],
             margin=margin,
         )
+
+
+def _run_here(
+    settings: RunSettings,
+    secure: SecAggSettings | None,
+    link_dir: Path,
+    *,
+    host: str,
+    port: int,
+    timeout: float,
+    console: Console,
+    progress: Progress,
+    on_round: Callable[[dict[str, Any]], None],
+) -> RunOutcome:
+    """Start a SuperLink here and run on it: our apps, or the SecAgg+ apps."""
+    from edgefleet.cloud.fl.outcome import run_on_superlink
+    from edgefleet.cloud.fl.secagg import SecAggLink, run_secagg
+    from edgefleet.cloud.fl.superlink import SuperLink
+
+    need = settings.min_clients if secure is None else secure.quorum(settings)
+    with (SuperLink if secure is None else SecAggLink)(link_dir, host=host, port=port) as link:
+        console.log(f"SuperLink on {link.address}; waiting for {need} SuperNodes")
+        with progress:
+            if isinstance(link, SecAggLink) and secure is not None:
+                return run_secagg(settings, secure, link, timeout=timeout, on_round=on_round)
+            return run_on_superlink(settings, link, timeout=timeout, on_round=on_round)
 
 
 def _in_cloud(url: str, body: dict[str, Any], *, timeout: float, every: float | None) -> None:

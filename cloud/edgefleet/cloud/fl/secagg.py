@@ -16,11 +16,9 @@ a plain one (measured in docs/federated.md).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -449,29 +447,12 @@ def run_secagg_server(
     return weights
 
 
-_APP_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _app_toml(text: str) -> Iterator[None]:
-    # Interim: SuperLink.start_run builds its FAB from superlink.APP_TOML and takes no other
-    # app yet; swapped under a lock for the moment of the submission only.
-    with _APP_LOCK:
-        saved = _superlink.APP_TOML
-        _superlink.APP_TOML = text
-        try:
-            yield
-        finally:
-            _superlink.APP_TOML = saved
-
-
 class SecAggLink(SuperLink):
     """A SuperLink whose runs are the SecAgg+ apps (:data:`SECAGG_APP_TOML`)."""
 
-    def start_run(self, settings_path: Path) -> int:
+    def start_run(self, settings_path: Path, *, app_toml: str = SECAGG_APP_TOML) -> int:
         """Submit the SecAgg+ app with ``settings_path`` as its run config."""
-        with _app_toml(SECAGG_APP_TOML):
-            return super().start_run(settings_path)
+        return super().start_run(settings_path, app_toml=app_toml)
 
 
 def run_secagg(

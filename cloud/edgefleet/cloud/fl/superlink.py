@@ -66,10 +66,10 @@ def flower_env(home: Path) -> dict[str, str]:
     return env
 
 
-def write_app(directory: Path) -> Path:
+def write_app(directory: Path, app_toml: str = APP_TOML) -> Path:
     """The Flower app directory (just its ``pyproject.toml``: our code is installed)."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "pyproject.toml").write_text(APP_TOML)
+    (directory / "pyproject.toml").write_text(app_toml)
     return directory
 
 
@@ -216,15 +216,15 @@ class SuperLink:
             client.close()
         return {int(n.node_id): str(n.status) for n in res.nodes_info}
 
-    def start_run(self, settings_path: Path) -> int:
-        """Submit our app with ``settings_path`` as its run config; return the run id."""
+    def start_run(self, settings_path: Path, *, app_toml: str = APP_TOML) -> int:
+        """Submit our app (or ``app_toml``'s) with ``settings_path`` as its run config."""
         from flwr.cli.build import build_fab_from_disk
         from flwr.common.serde import fab_to_proto, user_config_to_proto
         from flwr.proto.control_pb2 import StartRunRequest
         from flwr.supercore.fab import Fab
 
         with tempfile.TemporaryDirectory(prefix="edgefleet-fab-") as tmp:
-            fab_bytes = build_fab_from_disk(write_app(Path(tmp) / "app"))
+            fab_bytes = build_fab_from_disk(write_app(Path(tmp) / "app", app_toml))
         fab = Fab(hashlib.sha256(fab_bytes).hexdigest(), fab_bytes, {})
         client = self._client()
         try:
