@@ -195,3 +195,31 @@ def test_spec_with_a_frozen_base_round_trips_and_refuses_what_it_cannot_run():
     h2 = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inp2))
     with pytest.raises(UnsupportedVariant, match="Conv2D"):
         spec_from_keras("y", "classify", keras.Model(inp2, keras.layers.Dense(2, "softmax")(h2)))
+
+
+@pytest.mark.slow
+def test_a_simulated_activity_run_trains_the_head_on_the_parents_base(activity_run, tmp_path):
+    pytest.importorskip("ray")
+    from edgefleet.cloud.fl.prepare import write_partitions
+    from edgefleet.cloud.fl.simulation import simulate
+
+    settings = RunSettings(
+        model="activity",
+        rounds=2,
+        min_clients=3,
+        workdir=str(tmp_path / "run"),
+        epochs=1,
+        data_dir=str(tmp_path / "data"),
+    )
+    prepared = prepare_run(settings, activity_run.parent)
+    start = prepared.holdout()
+    # The clients read windows from their buffers as flat rows of 64 x 3 floats.
+    write_partitions(tmp_path / "data", "activity", prepared.data, 3, alpha=0.5, seed=0)
+    outcome = simulate(settings, 3)
+    print(start, [(r["status"], r["replies"], r["holdout"]) for r in outcome.rounds])
+    assert [r["replies"] for r in outcome.rounds] == [3, 3]
+    assert outcome.rounds[-1]["holdout"]["loss"] < start["loss"]
+    full = keras_weights(settings, outcome.weights)
+    parent = activity_run.parent
+    assert all(np.array_equal(a, b) for a, b in zip(full[:BASE_ARRAYS], parent, strict=False))
+    assert not np.array_equal(full[BASE_ARRAYS], parent[BASE_ARRAYS])
