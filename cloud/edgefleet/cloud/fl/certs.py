@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -230,6 +230,27 @@ def init_certs(
     _write(files.key, _pem_key(key), 0o600)
     _write(files.ca, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
     _write(files.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    return files
+
+
+def load_certs(directory: Path) -> SuperLinkCerts:
+    """The SuperLink's files in ``directory`` (as ``init_certs`` wrote them), checked to exist."""
+    d = Path(directory)
+    files = SuperLinkCerts(d / CA_CERT, d / CA_KEY, d / SERVER_CERT, d / SERVER_KEY)
+    missing = [p.name for p in (files.ca, files.cert, files.key) if not p.is_file()]
+    if missing:
+        raise CertsError(
+            f"{d} lacks {', '.join(missing)}: make them with `edgefleet fl certs init --out {d}`"
+        )
+    try:
+        cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
+        ca = x509.load_pem_x509_certificate(files.ca.read_bytes())
+    except ValueError as exc:
+        raise CertsError(f"{d} holds a certificate that is not PEM X.509: {exc}") from None
+    try:
+        cert.verify_directly_issued_by(ca)  # the signature, not only the name: CAs share it
+    except (ValueError, TypeError, InvalidSignature):
+        raise CertsError(f"{files.cert} was not issued by {files.ca}: make a new set") from None
     return files
 
 

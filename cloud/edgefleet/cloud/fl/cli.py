@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from edgefleet.cloud.fl.certs_cli import app as certs_app
 from edgefleet.cloud.fl.errors import FlRunError, FlSettingsError
 from edgefleet.cloud.fl.settings import DpSettings, RunSettings
+from edgefleet.cloud.fl.superlink import TlsFiles
 
 if TYPE_CHECKING:
     from edgefleet.cloud.fl.origin import StartPoint
@@ -111,6 +112,17 @@ def start(
     every: Annotated[
         float | None, typer.Option(help="With --cloud: start a run every SECONDS (a schedule).")
     ] = None,
+    tls_dir: Annotated[
+        Path | None,
+        typer.Option(help="Serve TLS with the files `edgefleet fl certs init` wrote there."),
+    ] = None,
+    node_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Enable SuperNode authentication and let in the SuperNode with this OpenSSH "
+            "public key (repeatable; from `edgefleet fl certs node-key`)."
+        ),
+    ] = None,
     from_version: Annotated[
         str | None,
         typer.Option(
@@ -121,8 +133,10 @@ def start(
     ] = None,
 ) -> None:
     """Run a SuperLink and a ServerApp for R rounds, then register the result."""
-    if cloud is not None and secagg:
-        raise FlSettingsError("--secagg is not offered through --cloud yet; run standalone")
+    if cloud is not None and (secagg or tls_dir or node_key):
+        raise FlSettingsError(
+            "--secagg, --tls-dir and --node-key are not offered through --cloud yet; run standalone"
+        )
     if cloud is not None:
         body: dict[str, Any] = {
             "model": model, "rounds": rounds, "min_clients": min_clients, "strategy": strategy,
@@ -144,6 +158,7 @@ def start(
             "drop --strategy and --dp"
         )
     secure = SecAggSettings(reconstruction_threshold=secagg_threshold) if secagg else None
+    link = _link_security(tls_dir, node_key or [])
     settings = RunSettings(
         model=model,
         rounds=rounds,
@@ -189,7 +204,7 @@ def start(
 
         outcome = _run_here(
             settings, secure, workdir / "superlink", host=host, port=port, timeout=timeout,
-            console=console, progress=progress, on_round=on_round,
+            console=console, progress=progress, on_round=on_round, security=link,
         )  # fmt: skip
     finally:
         if store is not None:
@@ -217,19 +232,51 @@ def _run_here(
     console: Console,
     progress: Progress,
     on_round: Callable[[dict[str, Any]], None],
+    security: LinkSecurity | None = None,
 ) -> RunOutcome:
     """Start a SuperLink here and run on it: our apps, or the SecAgg+ apps."""
     from edgefleet.cloud.fl.outcome import run_on_superlink
     from edgefleet.cloud.fl.secagg import SecAggLink, run_secagg
     from edgefleet.cloud.fl.superlink import SuperLink
 
+    sec = security or LinkSecurity()
     need = settings.min_clients if secure is None else secure.quorum(settings)
-    with (SuperLink if secure is None else SecAggLink)(link_dir, host=host, port=port) as link:
-        console.log(f"SuperLink on {link.address}; waiting for {need} SuperNodes")
+    kind = SuperLink if secure is None else SecAggLink
+    with kind(
+        link_dir, host=host, port=port, tls=sec.tls, supernode_auth=bool(sec.node_keys)
+    ) as link:
+        for pub in sec.node_keys:
+            node = link.register_node(pub, name=pub.stem)
+            console.log(f"SuperNode key {pub.name} registered (node {node})")
+        scheme = "TLS" if sec.tls is not None else "insecure"
+        auth = ", SuperNode authentication" if sec.node_keys else ""
+        console.log(f"SuperLink on {link.address} ({scheme}{auth}); waiting for {need} SuperNodes")
         with progress:
             if isinstance(link, SecAggLink) and secure is not None:
                 return run_secagg(settings, secure, link, timeout=timeout, on_round=on_round)
             return run_on_superlink(settings, link, timeout=timeout, on_round=on_round)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LinkSecurity:
+    """How the standalone SuperLink is protected: TLS files and the SuperNode keys let in."""
+
+    tls: TlsFiles | None = None
+    node_keys: tuple[Path, ...] = ()
+
+
+def _link_security(tls_dir: Path | None, node_keys: list[Path]) -> LinkSecurity:
+    """Check ``--tls-dir`` and ``--node-key`` before anything starts."""
+    from edgefleet.cloud.fl.certs import load_certs, load_node_public_key
+
+    if node_keys and tls_dir is None:
+        raise FlSettingsError(
+            "--node-key needs --tls-dir: SuperNode keys over an insecure channel protect nothing"
+        )
+    for pub in node_keys:
+        load_node_public_key(pub)  # a bad key fails here, with the reason
+    tls = load_certs(tls_dir).tls_files() if tls_dir is not None else None
+    return LinkSecurity(tls, tuple(node_keys))
 
 
 def _in_cloud(url: str, body: dict[str, Any], *, timeout: float, every: float | None) -> None:
