@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -95,10 +96,12 @@ def deploy(n: int, rounds: int, tmp: Path) -> dict[str, float]:
     from edgefleet.cloud.fl.settings import RunSettings
     from edgefleet.cloud.fl.superlink import SuperLink
 
+    # A fleet does not wait for its last device: with 30 SuperNodes on 2 cores a reply or two
+    # can miss the deadline (Flower's object push expires under load). 90% is the quorum.
     s = RunSettings(
         model="vibration-anomaly",
         rounds=rounds,
-        min_clients=n,
+        min_clients=max(2, math.ceil(0.9 * n)),
         workdir=str(tmp / f"run{n}"),
         round_timeout_s=300,
         quorum_timeout_s=300,
@@ -121,6 +124,7 @@ def deploy(n: int, rounds: int, tmp: Path) -> dict[str, float]:
         f"round_overhead_s_deploy_{n}": float(np.median(np.subtract(secs, train))),
         f"idle_supernode_rss_mb_deploy_{n}": float(np.mean(idle)),
         f"fleet_rss_gb_deploy_{n}": float(np.sum(idle) / 1024),
+        f"replies_min_deploy_{n}": float(min(r["replies"] for r in out.rounds)),
     }
 
 
@@ -154,8 +158,8 @@ def simulate(clients: int, rounds: int, tmp: Path) -> tuple[dict[str, float], li
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--deploy", default="3")
-    parser.add_argument("--sim", default="100")
+    parser.add_argument("--deploy", default="3,10,30")
+    parser.add_argument("--sim", default="100,300")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
