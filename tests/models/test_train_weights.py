@@ -55,11 +55,18 @@ def test_bundle_weights_round_trip_to_keras_exactly(zoo: Zoo, name: str, runtime
 
 
 @pytest.mark.slow
-def test_a_model_without_a_trainable_part_has_no_weights_file(zoo: Zoo) -> None:
-    bundle = verify_bundle(zoo.builds["activity"].bundle("litert"), _trusted(zoo))
-    assert weights_entry(bundle.manifest) is None
-    assert bundle_weights(bundle.path, bundle.manifest) is None
-    assert not (bundle.path / WEIGHTS_FILE).exists()
+def test_a_frozen_base_model_carries_its_whole_keras_model(zoo: Zoo) -> None:
+    # activity trains a dense head over a frozen conv base; the next run freezes this base.
+    build = zoo.builds["activity"]
+    bundle = verify_bundle(build.bundle("litert"), _trusted(zoo))
+    assert weights_entry(bundle.manifest) is not None
+    trained = load_trained(build.trained_dir)
+    spec = spec_from_keras("activity", trained.spec.task, trained.keras_model)
+    weights = bundle_weights(bundle.path, bundle.manifest, spec)
+    assert weights is not None
+    assert len(weights) == len(spec.keras_shapes()) > len(spec.shapes())
+    original = trained.weights()
+    assert all(np.array_equal(a, b) for a, b in zip(weights, original, strict=True))
 
 
 @pytest.mark.slow

@@ -115,7 +115,7 @@ def _golden(
 
 
 def _write_train_weights(trained: TrainedModel, out_dir: Path) -> bool:
-    """Write the float weights of the trainable part (all-dense models); False without one."""
+    """Write the float weights of the trainable variant (dense, or head over a frozen base)."""
     try:
         spec = spec_from_keras(trained.spec.name, trained.spec.task, trained.keras_model)
     except UnsupportedVariant:
@@ -139,7 +139,7 @@ def bundle_from_trained(
 ) -> VerifiedBundle:
     """Convert ``trained`` for ``runtime``/``quantize``, check parity, and write a signed bundle.
 
-    Models with a trainable (all-dense) variant also get ``weights.npz`` (role ``train``):
+    Models with a trainable variant also get ``weights.npz`` (role ``train``):
     the float weights the int8 model was quantized from, where federated runs start.
     Raises :class:`~edgefleet.models.errors.ParityFailed` when the converted model misses
     its parity bar; nothing is signed then.

@@ -68,8 +68,10 @@ def start(
     strategy: Annotated[str, typer.Option(help="fedavg|fedprox|fedmedian|fedtrimmedavg|krum")] = (
         "fedavg"
     ),
-    dp: Annotated[str, typer.Option(help="Central DP: none|server-fixed|server-adaptive")] = "none",
-    dp_noise: Annotated[float, typer.Option(help="DP noise multiplier.")] = 0.1,
+    dp: Annotated[str, typer.Option(help="DP: none|server-fixed|server-adaptive|local")] = "none",
+    dp_noise: Annotated[
+        float, typer.Option(help="DP noise multiplier (local: std = noise x clip per weight).")
+    ] = 0.1,
     dp_clip: Annotated[float, typer.Option(help="DP clipping norm (initial, if adaptive).")] = 5.0,
     secagg: Annotated[
         bool, typer.Option(help="Secure aggregation (SecAgg+, Flower's legacy workflow).")

@@ -34,12 +34,16 @@ class TrainTask:
     seed: int = 0
     max_samples: int = 1000
     server_round: int = 0
+    # FedProx's mu (the server's "proximal-mu"); 0 trains plain SGD.
+    proximal_mu: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.trainable:
             raise FlConfigError("the round carries no trainable model")
         if self.epochs < 0 or self.lr <= 0 or self.max_samples < 1:
             raise FlConfigError("epochs >= 0, lr > 0 and max_samples >= 1 are required")
+        if not self.proximal_mu >= 0:
+            raise FlConfigError(f"proximal-mu must be >= 0, not {self.proximal_mu}")
 
     @property
     def sha256(self) -> str:
@@ -58,6 +62,7 @@ class TrainTask:
                 seed=int(cfg.get("seed", 0)),
                 max_samples=int(cfg.get("max-samples", 1000)),
                 server_round=int(cfg.get("server-round", 0)),
+                proximal_mu=float(cfg.get("proximal-mu", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise FlConfigError(f"bad round config from the server: {exc}") from None
@@ -110,6 +115,7 @@ def train_locally(
         epochs=task.epochs,
         lr=task.lr,
         seed=task.seed + task.server_round,
+        mu=task.proximal_mu,
         between_batches=yielder(policy, probe),
     )
     out = trainer.get_weights()
