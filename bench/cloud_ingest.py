@@ -41,7 +41,7 @@ from edgefleet.protocol.messages import ReadingBatch, ReadingRecord
 PUBLISHERS = 2
 MESSAGES_PER_PUBLISHER = int(os.environ.get("BENCH_MESSAGES", "10000"))
 RECORDS_PER_MESSAGE = 5
-REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
 # CPU microseconds per message: the raw subscriber, ingest's network process and its stage.
 CPU_US: dict[str, list[float]] = {"raw": [], "network": [], "stage": []}
 PG_ADMIN = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
