@@ -113,21 +113,7 @@ class RoundRunner:
             time.sleep(0.2)
 
     def _config(self, server_round: int) -> ConfigRecord:
-        s = self.settings
-        cfg: dict[str, Any] = {
-            "model": s.model,
-            "trainable": self.trainable,
-            "epochs": s.epochs,
-            "lr": s.lr,
-            "seed": s.seed,
-            "max-samples": s.max_samples,
-            # Devices end their on-demand SuperNode after the last round (docs/federated.md).
-            "rounds": s.rounds,
-        }
-        if s.data_dir:
-            cfg["data-dir"] = s.data_dir
-        cfg.update(s.dp.client_config())
-        return ConfigRecord(cfg)
+        return ConfigRecord(round_config(self.settings, self.trainable))
 
     def _record(self, rec: RoundRecord) -> None:
         self.records.append(rec)
@@ -230,13 +216,36 @@ class RoundRunner:
         for r in range(1, self.settings.rounds + 1):
             arrays = self.run_round(grid, r, arrays)
         weights = [np.asarray(w, np.float32) for w in arrays.to_numpy_ndarrays()]
-        summary = {
-            "participants": len(self.participants),
-            "aggregated_rounds": sum(r.status == "aggregated" for r in self.records),
-        }
-        np.savez(self.settings.result_path, *weights)
-        (self.settings.root / "summary.json").write_text(json.dumps(summary))
+        aggregated = sum(r.status == "aggregated" for r in self.records)
+        save_result(self.settings, weights, len(self.participants), aggregated)
         return weights
+
+
+def round_config(settings: RunSettings, trainable: bytes) -> dict[str, Any]:
+    """What every device reads from a round's config (one place for every server path)."""
+    cfg: dict[str, Any] = {
+        "model": settings.model,
+        "trainable": trainable,
+        "epochs": settings.epochs,
+        "lr": settings.lr,
+        "seed": settings.seed,
+        "max-samples": settings.max_samples,
+        # Devices end their on-demand SuperNode after the last round (docs/federated.md).
+        "rounds": settings.rounds,
+    }
+    if settings.data_dir:
+        cfg["data-dir"] = settings.data_dir
+    cfg.update(settings.dp.client_config())
+    return cfg
+
+
+def save_result(
+    settings: RunSettings, weights: list[Array], participants: int, aggregated: int
+) -> None:
+    """Write the final weights and the summary :func:`edgefleet.cloud.fl.outcome.collect` reads."""
+    np.savez(settings.result_path, *weights)
+    summary = {"participants": participants, "aggregated_rounds": aggregated}
+    (settings.root / "summary.json").write_text(json.dumps(summary))
 
 
 def read_rounds(path: Path) -> list[dict[str, Any]]:

@@ -39,7 +39,14 @@ from flwr.serverapp import Grid
 from edgefleet.cloud.fl import superlink as _superlink
 from edgefleet.cloud.fl.errors import FlSettingsError
 from edgefleet.cloud.fl.outcome import RunOutcome, run_on_superlink
-from edgefleet.cloud.fl.rounds import Array, RoundRecord, holdout_metrics, load_weights
+from edgefleet.cloud.fl.rounds import (
+    Array,
+    RoundRecord,
+    holdout_metrics,
+    load_weights,
+    round_config,
+    save_result,
+)
 from edgefleet.cloud.fl.settings import RunSettings
 from edgefleet.cloud.fl.superlink import SuperLink
 from edgefleet.models.trainable.spec import TrainableSpec
@@ -390,35 +397,13 @@ class SecAggRounds:
 
 
 def fit_config(settings: RunSettings, trainable: bytes) -> Callable[[int], dict[str, Scalar]]:
-    """The round config the devices read (the keys of :meth:`RoundRunner._config`)."""
+    """The round config the devices read: :func:`round_config` plus ``server-round``."""
 
     def config(server_round: int) -> dict[str, Scalar]:
-        cfg: dict[str, Scalar] = {
-            "model": settings.model,
-            "trainable": trainable,
-            "epochs": settings.epochs,
-            "lr": settings.lr,
-            "seed": settings.seed,
-            "max-samples": settings.max_samples,
-            # Devices end their on-demand SuperNode after the last round (docs/federated.md);
-            # the Message-API strategies add ``server-round`` themselves, legacy ones do not.
-            "rounds": settings.rounds,
-            "server-round": server_round,
-        }
-        if settings.data_dir:
-            cfg["data-dir"] = settings.data_dir
-        return cfg
+        # The Message-API strategies add ``server-round`` themselves, legacy ones do not.
+        return {**round_config(settings, trainable), "server-round": server_round}
 
     return config
-
-
-def save_result(
-    settings: RunSettings, weights: list[Array], participants: int, aggregated: int
-) -> None:
-    """Write the final weights and the summary :func:`edgefleet.cloud.fl.outcome.collect` reads."""
-    np.savez(settings.result_path, *weights)
-    summary = {"participants": participants, "aggregated_rounds": aggregated}
-    (settings.root / "summary.json").write_text(json.dumps(summary))
 
 
 def run_secagg_server(
