@@ -76,7 +76,8 @@ def test_monitor_json_counters_and_time_limit(emulator) -> None:
 def test_emulate_stops_cleanly_on_ctrl_c(emulator) -> None:
     proc, path = emulator
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=20) == 0
+    # A guard against a hang, not a speed check: the whole suite on 2 cores once took > 20 s.
+    assert proc.wait(timeout=90) == 0
     assert not os.path.lexists(path)
 
 
