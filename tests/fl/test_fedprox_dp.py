@@ -220,7 +220,12 @@ def test_a_simulated_fedprox_run_with_local_dp_completes(tmp_path):
     prepared = prepare_run(settings)
     write_partitions(tmp_path / "data", "digits", prepared.data, 3, alpha=None, seed=0)
     outcome = simulate(settings, 3)
-    print([(r["status"], r["replies"], r["holdout"]) for r in outcome.rounds])
+    print(
+        [
+            (r["status"], r["replies"], r["reason"], round(r["seconds"], 1), r["holdout"])
+            for r in outcome.rounds
+        ]
+    )
     assert [r["status"] for r in outcome.rounds] == ["aggregated", "aggregated"]
     assert all(r["replies"] == 3 for r in outcome.rounds)
     # Every update was clipped to 1.0 (plus noise of std 0.01): so is their mean, per round.

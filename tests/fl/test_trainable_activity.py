@@ -216,7 +216,13 @@ def test_a_simulated_activity_run_trains_the_head_on_the_parents_base(activity_r
     # The clients read windows from their buffers as flat rows of 64 x 3 floats.
     write_partitions(tmp_path / "data", "activity", prepared.data, 3, alpha=0.5, seed=0)
     outcome = simulate(settings, 3)
-    print(start, [(r["status"], r["replies"], r["holdout"]) for r in outcome.rounds])
+    print(
+        start,
+        [
+            (r["status"], r["replies"], r["reason"], round(r["seconds"], 1), r["holdout"])
+            for r in outcome.rounds
+        ],
+    )
     assert [r["replies"] for r in outcome.rounds] == [3, 3]
     assert outcome.rounds[-1]["holdout"]["loss"] < start["loss"]
     full = keras_weights(settings, outcome.weights)

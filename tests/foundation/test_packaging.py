@@ -70,8 +70,9 @@ def test_installed_wheel_imports_edgefleet_but_not_the_folders(wheel: Path, tmp_
         "    except ImportError:\n        pass\n"
         "print(json.dumps({'bad': bad, 'file': edgefleet.protocol.__file__}))\n"
     )
+    # -I: no PYTHONPATH, no user site and no current directory on the path, as on a device.
     out = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", probe],
+        [str(venv / "bin" / "python"), "-I", "-c", probe],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +17,11 @@ from edgefleet.cloud.fl.settings import RunSettings
 # the agent, so it names the app the way a Flower app's pyproject does, and Flower loads it.
 CLIENT_APP = "edgefleet.edge.fl.clientapp:app"
 
+# Virtual clients never straggle: the round deadline there only bounds a stuck engine, and the
+# first round also waits for Ray to start its workers, which took 97 s on a 2-core machine
+# under load (8 s idle) and once missed the default 120 s deadline of round 1.
+ENGINE_START_ALLOWANCE_S = 600.0
+
 
 def simulate(
     settings: RunSettings,
@@ -26,7 +33,8 @@ def simulate(
     """Run ``settings`` with ``clients`` virtual SuperNodes; ``settings.data_dir`` holds their data.
 
     Each virtual client reads ``client-<partition-id>.db`` (see
-    :func:`edgefleet.cloud.fl.prepare.write_partitions`).
+    :func:`edgefleet.cloud.fl.prepare.write_partitions`). The round deadline is extended by
+    :data:`ENGINE_START_ALLOWANCE_S`: it is meant for devices, not for Ray's cold start.
     """
     from flwr.simulation import run_simulation
     from flwr.supercore.object_ref import load_app
@@ -35,6 +43,9 @@ def simulate(
 
     if not settings.data_dir:
         raise FlRunError("a simulation needs settings.data_dir with the clients' data")
+    settings = dataclasses.replace(
+        settings, round_timeout_s=settings.round_timeout_s + ENGINE_START_ALLOWANCE_S
+    )
     settings.write()
     settings.rounds_path.unlink(missing_ok=True)
     settings.result_path.unlink(missing_ok=True)
@@ -45,12 +56,21 @@ def simulate(
         "init_args": {"num_cpus": cpus, "include_dashboard": False, "log_to_driver": False},
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
     }
-    run_simulation(
-        num_supernodes=clients,
-        client_app=client_app,
-        server_app=server_app,
-        backend_config=backend,  # type: ignore[arg-type]
-    )
+    # Flower's Ray backend sets PYTHONPATH to this process's whole sys.path and leaves it
+    # set: every child process started later (SuperNodes, agents, venvs) would inherit it.
+    pythonpath = os.environ.get("PYTHONPATH")
+    try:
+        run_simulation(
+            num_supernodes=clients,
+            client_app=client_app,
+            server_app=server_app,
+            backend_config=backend,  # type: ignore[arg-type]
+        )
+    finally:
+        if pythonpath is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = pythonpath
     if on_round is not None:
         for rec in read_rounds(settings.rounds_path):
             on_round(rec)
