@@ -6,6 +6,8 @@ crash kills the SuperNode's process group exactly as this file's supervisors wou
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,36 @@ def test_round_below_quorum_is_skipped_and_model_unchanged(tmp_path):
             run_on_superlink(settings, fleet.link, timeout=120)
     finally:
         fleet.stop()
+
+
+@pytest.mark.slow
+def test_stopping_the_superlink_mid_run_leaves_no_serverapp(tmp_path):
+    # Flower detaches the SuperLink's SuperExec (and the ServerApps it starts) into a session
+    # of their own; a ServerApp left behind retried its HTTP calls for ever.
+    import psutil
+
+    settings = RunSettings(
+        model=MODEL, rounds=1, min_clients=2, workdir=str(tmp_path / "run"), quorum_timeout_s=600
+    )
+    prepare_run(settings)
+    settings.write()
+    link = SuperLink(tmp_path / "link").start()
+    me = psutil.Process()
+
+    def serverapps() -> list[psutil.Process]:
+        found = []
+        for p in me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if any("flwr-serverapp" in a for a in p.cmdline()):
+                    found.append(p)
+        return found
+
+    try:
+        link.start_run(settings.settings_path)  # waits for a quorum that never comes
+        deadline = time.monotonic() + 120
+        while not (running := serverapps()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert running, "the run's ServerApp never started"
+    finally:
+        link.stop()
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in running)

@@ -24,6 +24,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
+import psutil
+
 from edgefleet.cloud.fl.errors import FlRunError
 
 APP_TOML = """\
@@ -168,8 +170,12 @@ class SuperLink:
         raise FlRunError(f"flower-superlink did not listen on {self.address} in {timeout:.0f} s")
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the SuperLink and its helper processes (its process group)."""
+        """Stop the SuperLink and every process it started (SuperExec, ServerApps)."""
         proc, self._proc = self._proc, None
+        # Flower starts the SuperLink's SuperExec in a session of its own, and the ServerApps
+        # it launches with it: a process-group kill misses them, and a ServerApp whose
+        # SuperLink is gone retries its HTTP calls for ever (seen after a failed run).
+        helpers = _descendants(proc.pid) if proc is not None else []
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -178,6 +184,7 @@ class SuperLink:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+        _kill_all(helpers + [p for h in helpers for p in _descendants(h.pid)])
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -289,6 +296,22 @@ class SuperLink:
                 self.stop_run(run_id)
                 raise FlRunError(f"run {run_id} did not finish in {timeout:.0f} s; stopped it")
             time.sleep(interval)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    """Every live process below ``pid`` (none when it is gone)."""
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return []
+
+
+def _kill_all(procs: list[psutil.Process]) -> None:
+    """SIGKILL each process that still runs and reap what we can."""
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(procs, timeout=5)
 
 
 def control_client(address: str, home: Path, ca: Path | None) -> Any:
