@@ -206,6 +206,8 @@ def test_sample_batch_helpers() -> None:
 # ------------------------------------------------------------------ Hypothesis round trips
 
 f32 = st.floats(width=32, allow_nan=False)
+# Actuator values are refused unless finite (tested above); samples may carry infinities.
+finite32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 u8, u16, u32 = (st.integers(0, 2**b - 1) for b in (8, 16, 32))
 micros = st.integers(0, 2**40).map(lambda us: us / 1e6)
 
@@ -224,7 +226,7 @@ messages = st.one_of(
     st.builds(Status, u32, f32, u32, u8),
     st.builds(LogLine, u8, st.text(max_size=100)),
     st.builds(SetSampleRate, st.floats(0.5, 10_000, width=32)),
-    st.builds(SetActuator, u8, f32),
+    st.builds(SetActuator, u8, finite32),
     st.just(Reboot()),
     st.just(Ping()),
     st.builds(Ack, u16, st.sampled_from(list(CommandCode))),
