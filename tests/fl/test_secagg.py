@@ -80,10 +80,12 @@ def test_settings_resolve_the_threshold_and_the_quorum():
 
 
 @pytest.mark.slow
-def test_secagg_rounds_aggregate_like_fedavg(tmp_path):
+def test_a_secagg_round_aggregates_like_fedavg(tmp_path):
+    # One round each: the secure sum is compared with FedAvg of the same updates. A second
+    # round repeats the same four stages with fresh keys and doubled the suite's slowest test.
     plain = RunSettings(
         model=MODEL,
-        rounds=2,
+        rounds=1,
         min_clients=3,
         workdir=str(tmp_path / "plain"),
         epochs=3,
@@ -103,18 +105,16 @@ def test_secagg_rounds_aggregate_like_fedavg(tmp_path):
         fleet.stop()
     for rec in fedavg.rounds + outcome.rounds:
         print(f"round {rec['round']} {rec['status']} {rec['seconds']:.1f} s {rec['holdout']}")
-    assert [r["status"] for r in outcome.rounds] == ["aggregated"] * 2
+    assert [r["status"] for r in outcome.rounds] == ["aggregated"]
     assert all(r["replies"] == 3 and r["examples"] == 500 for r in outcome.rounds)
     assert outcome.participants == 3
-    losses = [r["holdout"]["loss"] for r in outcome.rounds]
-    assert losses[0] < prepared.holdout()["loss"]
-    assert losses[1] < losses[0]
+    assert outcome.rounds[0]["holdout"]["loss"] < prepared.holdout()["loss"]
     # Same client updates, so the same client losses as FedAvg's round 1 (before aggregation).
     assert outcome.rounds[0]["client_loss_after"] == pytest.approx(
         fedavg.rounds[0]["client_loss_after"], rel=1e-6
     )
     # The aggregate is FedAvg's within the quantisation (one step, 16 / 2**22, per client over
-    # the summed weight ratios 500 / 1000: <= 2.3e-5 a round), while the rounds moved the
+    # the summed weight ratios 500 / 1000: <= 2.3e-5 a round), while the round moved the
     # weights far more than that.
     gap = max(
         float(np.abs(a - b).max()) for a, b in zip(outcome.weights, fedavg.weights, strict=True)
@@ -127,13 +127,13 @@ def test_secagg_rounds_aggregate_like_fedavg(tmp_path):
     assert moved > 20 * gap
     for ours, theirs in zip(outcome.rounds, fedavg.rounds, strict=True):
         assert ours["holdout"]["loss"] == pytest.approx(theirs["holdout"]["loss"], abs=2e-5)
-    # Each device noted every round of both runs (the SecAgg+ ones after its unmask reply),
+    # Each device noted the round of both runs (the SecAgg+ one after its unmask reply),
     # which is what ends an agent's on-demand SuperNode.
     for i, n in enumerate([100, 160, 240]):
         notes = read_notes(tmp_path / f"agent{i}.status")
         assert [(x.round, x.rounds, x.outcome, x.examples) for x in notes] == [
-            (r, 2, "trained", n) for r in (1, 2, 1, 2)
-        ]
+            (1, 1, "trained", n)
+        ] * 2
 
 
 @pytest.mark.slow
