@@ -8,6 +8,7 @@ the rounds aggregate, the result is registered with lineage and assigned back.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -155,7 +156,12 @@ def _clientapp_running(pid: int) -> bool:
         children = psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return False
-    return any("clientapp" in " ".join(c.cmdline()) for c in children if c.is_running())
+    for child in children:
+        # A ClientApp that just ended is a zombie until reaped: it has no command line.
+        with contextlib.suppress(psutil.Error):
+            if "clientapp" in " ".join(child.cmdline()):
+                return True
+    return False
 
 
 @pytest.mark.slow
