@@ -4,7 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.edgefleet-installed
 # Tests wait on brokers and child processes more than on the CPU: more workers than cores.
+# One test at a time per worker, the longest first (tests/conftest.py).
 PYTEST_WORKERS ?= 4
+PYTEST_XDIST := -n $(PYTEST_WORKERS) --maxschedchunk=1
 PYTEST_ARGS ?=
 
 .PHONY: venv lint typecheck layers test test-fast demo bench clean
@@ -28,11 +30,11 @@ layers: venv
 	$(BIN)/lint-imports
 
 test: lint typecheck layers
-	$(BIN)/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 # The quick loop while developing: everything but the slow end-to-end tests.
 test-fast: venv
-	$(BIN)/pytest -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_XDIST) -m "not slow" $(PYTEST_ARGS)
 
 demo: venv
 	$(BIN)/edgefleet demo

@@ -14,6 +14,22 @@ from edgefleet.cloud.broker import EmbeddedBroker, MosquittoBroker, mosquitto_av
 PG_ADMIN_URL = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+def expected_seconds(item: pytest.Item) -> float:
+    """How long a test takes on a loaded 2-core machine: its ``slow(seconds=N)``, else 0."""
+    mark = item.get_closest_marker("slow")
+    return float(mark.kwargs.get("seconds", 0.0)) if mark is not None else 0.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Start the longest tests first; the rest keep their order (the sort is stable).
+
+    In file order the demo (in the last file) starts late, and its two to three minutes then
+    end the suite on their own. With ``--maxschedchunk=1`` (the Makefile) each xdist worker
+    takes the next test when it is free, which makes this the longest-first schedule.
+    """
+    items.sort(key=expected_seconds, reverse=True)
+
+
 @pytest.fixture(scope="session")
 def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
     """A private Mosquitto for the whole test session, on a free loopback port.

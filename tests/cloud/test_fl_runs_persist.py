@@ -69,7 +69,7 @@ def test_a_damaged_record_is_skipped_and_the_others_load(tmp_path: Path, caplog)
     assert (tmp_path / "fl-broken" / "run.json").read_text() == "{not json"  # left for a human
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=40)
 def test_a_failed_run_is_listed_by_the_next_cloud_process(mosquitto_factory, tmp_path: Path):
     mosquitto = mosquitto_factory()  # private: the device's retained status stays here
     config = CloudConfig(

@@ -48,7 +48,7 @@ def _online(setup: FlSetup, devices: tuple[str, ...]) -> None:
     wait_for(ready, 90, "online agents with buffered samples")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=110)
 def test_cloud_run_trains_on_real_agents_registers_and_assigns_back(
     zoo: Zoo, mosquitto: MosquittoBroker, tmp_path: Path
 ) -> None:
@@ -164,7 +164,7 @@ def _clientapp_running(pid: int) -> bool:
     return False
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=100)
 def test_an_agent_crashed_mid_round_does_not_hang_the_run(
     zoo: Zoo, mosquitto: MosquittoBroker, tmp_path: Path
 ) -> None:

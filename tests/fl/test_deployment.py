@@ -38,7 +38,7 @@ def _fleet(tmp_path: Path, n: int) -> Fleet:
     return fleet
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=75)
 def test_three_agents_three_fedavg_rounds_register_a_signed_bundle(tmp_path):
     settings = RunSettings(
         model=MODEL,
@@ -91,7 +91,7 @@ def test_three_agents_three_fedavg_rounds_register_a_signed_bundle(tmp_path):
         store.close()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 def test_round_below_quorum_is_skipped_and_model_unchanged(tmp_path):
     settings = RunSettings(
         model=MODEL,
@@ -112,7 +112,7 @@ def test_round_below_quorum_is_skipped_and_model_unchanged(tmp_path):
         fleet.stop()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 def test_stopping_the_superlink_mid_run_leaves_no_serverapp(tmp_path):
     # Flower detaches the SuperLink's SuperExec (and the ServerApps it starts) into a session
     # of their own; a ServerApp left behind retried its HTTP calls for ever.

@@ -199,7 +199,7 @@ def test_the_client_clips_and_noises_its_update_with_local_dp(digits_trainable, 
     assert reply.content.metric_records["metrics"]["num-examples"] == len(x)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=55)
 def test_a_simulated_fedprox_run_with_local_dp_completes(tmp_path):
     pytest.importorskip("ray")
     from edgefleet.cloud.fl.prepare import prepare_run, write_partitions

@@ -79,7 +79,7 @@ def test_settings_resolve_the_threshold_and_the_quorum():
     assert f'clientapp = "{CLIENT_APP}"' in SECAGG_APP_TOML
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=100)
 def test_a_secagg_round_aggregates_like_fedavg(tmp_path):
     # One round each: the secure sum is compared with FedAvg of the same updates. A second
     # round repeats the same four stages with fresh keys and doubled the suite's slowest test.
@@ -136,7 +136,7 @@ def test_a_secagg_round_aggregates_like_fedavg(tmp_path):
         ] * 2
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 def test_secagg_round_below_the_threshold_ends_with_a_reason(tmp_path):
     # min_clients 1, but SecAgg+ needs its reconstruction threshold (2) of clients.
     settings = RunSettings(
@@ -160,7 +160,7 @@ def test_secagg_round_below_the_threshold_ends_with_a_reason(tmp_path):
     assert settings.result_path.is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=110)
 def test_secagg_aggregates_the_survivors_when_a_client_drops_out(tmp_path):
     # The third device joins the setup and key sharing, then refuses to train (no data).
     strict = RunSettings(

@@ -24,7 +24,7 @@ def test_dirichlet_partitions_cover_every_row_once():
     assert any(len(np.unique(y[p])) < 10 for p in parts)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=50)
 def test_fedavg_reaches_95_percent_of_central_accuracy(tmp_path):
     pytest.importorskip("ray")
     from edgefleet.cloud.fl.simulation import ENGINE_START_ALLOWANCE_S, simulate

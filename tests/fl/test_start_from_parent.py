@@ -80,7 +80,7 @@ def _settings(tmp_path: Path, name: str, start: StartPoint) -> RunSettings:
     )
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=75)
 def test_run_from_1_0_0_starts_at_its_weights_and_registers_a_child(zoo: Zoo, tmp_path: Path):
     registry, store = _registry(zoo, tmp_path / "cloud", zoo.builds[MODEL].bundle("litert"))
     old_registry, old_store = _registry(

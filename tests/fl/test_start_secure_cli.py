@@ -60,7 +60,7 @@ def test_bad_security_options_fail_before_anything_starts(tmp_path):
     assert not (tmp_path / "w" / "run").exists()  # nothing was prepared
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=45)
 def test_standalone_run_over_tls_lets_in_only_the_registered_supernode(tmp_path):
     certs = init_certs(tmp_path / "certs")
     good = node_key(tmp_path / "keys", "good")

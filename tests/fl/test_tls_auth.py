@@ -209,7 +209,7 @@ def _refused(cmds: dict[str, list[str]], tmp_path: Path) -> dict[str, tuple[int,
     }
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=45)
 def test_registered_supernode_trains_over_tls_and_others_are_refused(tmp_path, capsys):
     certs = init_certs(tmp_path / "certs")
     other_ca = init_certs(tmp_path / "other-ca").ca

@@ -71,7 +71,7 @@ def _keras_frozen(run: ActivityRun) -> Any:
     return model
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=20)
 def test_the_run_freezes_the_parents_base_and_exchanges_the_head(activity_run):
     spec, parent = activity_run.prepared.spec, activity_run.parent
     assert spec.base is not None
@@ -197,7 +197,7 @@ def test_spec_with_a_frozen_base_round_trips_and_refuses_what_it_cannot_run():
         spec_from_keras("y", "classify", keras.Model(inp2, keras.layers.Dense(2, "softmax")(h2)))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=60)
 def test_a_simulated_activity_run_trains_the_head_on_the_parents_base(activity_run, tmp_path):
     pytest.importorskip("ray")
     from edgefleet.cloud.fl.prepare import write_partitions

@@ -13,7 +13,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return shared_cache(tmp_path_factory)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=150)
 def test_demo_with_five_devices_for_thirty_seconds(cache: Path, tmp_path: Path) -> None:
     out = run_cli(["demo", "--devices", "5", "--duration", "30", "--workdir", str(tmp_path)], cache)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -35,7 +35,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return shared_cache(tmp_path_factory)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=50)
 def test_fifty_devices_through_outage_crashes_and_partition(cache: Path, tmp_path: Path) -> None:
     options = SimOptions(
         devices=50,
@@ -138,7 +138,7 @@ def test_a_bad_scenario_exits_4(cache: Path, tmp_path: Path) -> None:
     assert "unknown event kind 'earthquake'" in out.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=20)
 def test_records_never_delivered_break_the_invariant(cache: Path, tmp_path: Path) -> None:
     # The group is cut off until the very end and the run does not wait for outboxes to
     # drain: records are left undelivered, so the run must fail with exit status 6.
