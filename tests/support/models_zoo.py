@@ -1,15 +1,18 @@
 """Build each zoo model once per test run (shared by xdist workers) and cache its bundles.
 
 TensorFlow training and conversion are the slow part of the model tests, so the first worker
-that needs the zoo builds it under a file lock into the run's shared temp root; the others
-wait for the lock and reuse the result. Tests then load the bundles with the device runtimes.
+that needs a model builds it under that model's file lock into the run's shared temp root;
+the others wait for the lock and reuse the result. A model is built when a test first asks
+for it (``zoo.builds[name]``): the federated tests, which start first, wait only for the
+vibration model, not for the whole zoo. Tests then load the bundles with the device runtimes.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,12 +49,35 @@ class ZooBuild:
         return self.root / "trained"
 
 
+class LazyBuilds(Mapping[str, ZooBuild]):
+    """The zoo's models by name; looking one up builds it first if no worker has."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __getitem__(self, name: str) -> ZooBuild:
+        if name not in TEST_EPOCHS:
+            raise KeyError(name)
+        out = self.root / name
+        with _locked(self.root / f"{name}.lock"):
+            if not (out / "done").exists():
+                _build(name, out, self.root / "keys" / "edgefleet-signing.key")
+                (out / "done").touch()
+        return ZooBuild(name, out)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(MODEL_NAMES)
+
+    def __len__(self) -> int:
+        return len(MODEL_NAMES)
+
+
 @dataclass(frozen=True)
 class Zoo:
     """The shared keys and every model's build."""
 
     root: Path
-    builds: dict[str, ZooBuild]
+    builds: LazyBuilds
 
     @property
     def private_key(self) -> Path:
@@ -64,37 +90,40 @@ class Zoo:
         return self.root / "keys" / "edgefleet-signing.pub"
 
 
-def _build(root: Path) -> None:
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build(name: str, out: Path, key: Path) -> None:
     from edgefleet.models.bundler import bundle_from_trained
     from edgefleet.models.training import train_model
-    from edgefleet.protocol import signing
 
-    priv, _ = signing.generate_keypair(root / "keys", overwrite=True)
-    for name, epochs in TEST_EPOCHS.items():
-        out = root / name
-        trained = train_model(name, epochs=epochs, seed=0, small=True)
-        trained.workdir = out / "convert"
-        for runtime in RUNTIMES:
-            bundle_from_trained(trained, out / f"bundle-{runtime}", priv, runtime=runtime)
-        np.savez(
-            out / "heldout.npz",
-            x_test=trained.data.x_test,
-            y_test=trained.data.y_test,
-            keras=trained.test_outputs,
-        )
-        trained.save(out / "trained")
-    (root / "done.json").write_text(json.dumps({"models": list(TEST_EPOCHS)}))
+    trained = train_model(name, epochs=TEST_EPOCHS[name], seed=0, small=True)
+    trained.workdir = out / "convert"
+    for runtime in RUNTIMES:
+        bundle_from_trained(trained, out / f"bundle-{runtime}", key, runtime=runtime)
+    np.savez(
+        out / "heldout.npz",
+        x_test=trained.data.x_test,
+        y_test=trained.data.y_test,
+        keras=trained.test_outputs,
+    )
+    trained.save(out / "trained")
 
 
 def shared_zoo(run_root: Path) -> Zoo:
-    """The zoo built under ``run_root`` (built here first if no other worker has)."""
+    """The zoo under ``run_root``: its keys now, each model when a test first asks for it."""
+    from edgefleet.protocol import signing
+
     root = run_root / "edgefleet-models-zoo"
     root.mkdir(parents=True, exist_ok=True)
-    with open(run_root / "edgefleet-models-zoo.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not (root / "done.json").exists():
-                _build(root)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return Zoo(root, {n: ZooBuild(n, root / n) for n in MODEL_NAMES})
+    with _locked(run_root / "edgefleet-models-zoo.lock"):
+        if not (root / "keys" / "edgefleet-signing.pub").exists():
+            signing.generate_keypair(root / "keys", overwrite=True)
+    return Zoo(root, LazyBuilds(root))
