@@ -201,12 +201,13 @@ def test_line_mode_reads_a_csv_sketch_and_skips_noise() -> None:
             try:
                 read = asyncio.ensure_future(src.read())
                 await wait_until(lambda: src.link.connected, 5, "the port to open")
-                # A sketch printing CSV, with a reset banner in the middle.
-                os.write(master, b"0,1,2\nboot v1.2 ready\n10,3,4\n20,5,6\n30,7,8\n")
+                # A sketch printing CSV, joined mid-line, with a reset banner in the middle.
+                os.write(master, b"9,9\n0,1,2\nboot v1.2 ready\n10,3,4\n20,5,6\n30,7,8\n")
                 chunk = await read
                 assert chunk is not None
                 assert chunk.samples.tolist() == [[1, 2], [3, 4], [5, 6]]
                 assert src.counters()["error.bad-line"] == 1
+                assert src.counters()["error.partial-line"] == 1
             finally:
                 await src.aclose()
 

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgefleet.firmware_bridge.errors import MalformedLine
+from edgefleet.firmware_bridge.errors import MalformedLine, PartialLine
 from edgefleet.firmware_bridge.lines import MAX_LINE_LENGTH, ChannelMap, LineDecoder, LineParser
-from edgefleet.firmware_bridge.messages import SampleBatch
+from edgefleet.firmware_bridge.messages import Message, SampleBatch
 from edgefleet.protocol.errors import EdgefleetError
 
 
@@ -92,7 +92,9 @@ def test_channel_map_from_a_cli_spec() -> None:
 
 def test_decoder_counts_bad_lines_and_goes_on() -> None:
     errors: list[MalformedLine] = []
-    dec = LineDecoder(ChannelMap(channels=("a", "b")), clock=clock, on_error=errors.append)
+    dec = LineDecoder(
+        ChannelMap(channels=("a", "b")), clock=clock, on_error=errors.append, at_line_start=True
+    )
     got = dec.feed(b"1,2\nbad\n\xff\xfe,1\n3,4\n\n")
     assert [m.values for m in got if isinstance(m, SampleBatch)] == [((1.0, 2.0),), ((3.0, 4.0),)]
     assert [m.seq for m in got if isinstance(m, SampleBatch)] == [0, 1]
@@ -102,7 +104,7 @@ def test_decoder_counts_bad_lines_and_goes_on() -> None:
 
 
 def test_line_split_across_feeds_and_overlong_lines_are_bounded() -> None:
-    dec = LineDecoder(ChannelMap(channels=("a",)))
+    dec = LineDecoder(ChannelMap(channels=("a",)), at_line_start=True)
     assert dec.feed(b"1") == []
     assert [m.values for m in dec.feed(b"2\n") if isinstance(m, SampleBatch)] == [((12.0,),)]
     for _ in range(10):
@@ -123,6 +125,47 @@ def test_line_decoder_never_raises_on_noise(noise: bytes) -> None:
 @given(st.lists(st.tuples(st.floats(-1e6, 1e6), st.floats(-1e6, 1e6)), max_size=30))
 def test_csv_round_trip(rows: list[tuple[float, float]]) -> None:
     text = "".join(f"{a!r},{b!r}\n" for a, b in rows).encode()
-    dec = LineDecoder(ChannelMap(channels=("a", "b")))
+    dec = LineDecoder(ChannelMap(channels=("a", "b")), at_line_start=True)
     got = dec.feed(text)
     assert [m.values[0] for m in got if isinstance(m, SampleBatch)] == rows
+
+
+CMAP3 = ChannelMap(channels=("a", "b", "c"))
+
+
+def values(msgs: list[Message]) -> list[tuple[tuple[float, ...], ...]]:
+    return [m.values for m in msgs if isinstance(m, SampleBatch)]
+
+
+def test_reset_drops_the_partial_line_that_follows_a_reconnect() -> None:
+    errors: list[MalformedLine] = []
+    dec = LineDecoder(CMAP3, at_line_start=True, on_error=errors.append)
+    assert dec.feed(b"0.51,0.6") == []
+    dec.reset()
+    # The tail of a line printed while unplugged parses as a (wrong) sample: it must not pass.
+    assert dec.feed(b"1,0.62,-1.25\n") == []
+    assert values(dec.feed(b"0.52,0.63,-1.5\n")) == [((0.52, 0.63, -1.5),)]
+    assert dec.stats.errors["partial-line"] == 1
+    assert [type(e) for e in errors] == [PartialLine]
+    assert isinstance(errors[0], MalformedLine)
+
+
+def test_a_fresh_decoder_joining_mid_line_skips_to_the_next_newline() -> None:
+    dec = LineDecoder(CMAP3)
+    got: list[Message] = []
+    for piece in (b"1,0.6", b"2,-1.25", b"\n0.5,0.6,0.7\n"):  # the cut line spans feeds
+        got += dec.feed(piece)
+    assert values(got) == [((0.5, 0.6, 0.7),)]
+    assert dec.stats.errors == {"partial-line": 1}
+    assert dec.buffered == 0
+
+
+def test_skipping_a_partial_line_is_bounded_and_a_blank_start_is_no_error() -> None:
+    dec = LineDecoder(CMAP3)
+    for _ in range(10):
+        assert dec.feed(b"9" * 1000) == []
+        assert dec.buffered == 0  # skipped bytes are never held
+    assert values(dec.feed(b"\n1,2,3\n")) == [((1.0, 2.0, 3.0),)]
+    dec.reset()
+    assert values(dec.feed(b"\r\n4,5,6\n")) == [((4.0, 5.0, 6.0),)]
+    assert dec.stats.errors == {"partial-line": 1}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tty
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -288,10 +289,51 @@ def test_line_mode_counts_garbage_lines() -> None:
     async def main() -> None:
         with raw_pty() as (master, path):
             async with SerialLink(path, mode="line", channels=("a", "b")) as link:
-                os.write(master, b"\x00\x13junk\n1,2\nnot,a number\n3,4,5\n6,7\n")
+                # The port opens mid-line: "5,9" is the tail of a line and must not pass.
+                os.write(master, b"5,9\n\x00\x13junk\n1,2\nnot,a number\n3,4,5\n6,7\n")
                 got = batches(await collect(link, lambda r: len(batches(r)) >= 2))
                 assert [b.values for b in got] == [((1.0, 2.0),), ((6.0, 7.0),)]
                 assert link.stats.decoder.errors["bad-line"] == 3
+                assert link.stats.decoder.errors["partial-line"] == 1
+
+    run(main())
+
+
+def test_line_mode_replug_drops_the_cut_line_instead_of_passing_a_wrong_sample(
+    tmp_path: Path,
+) -> None:
+    port = tmp_path / "tty"
+
+    def plug() -> tuple[int, int]:
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        os.symlink(os.ttyname(slave), port)
+        return master, slave
+
+    async def main() -> None:
+        master, slave = plug()
+        link = SerialLink(str(port), mode="line", channels=("a", "b", "c"))
+        link.reconnect_interval = 0.02
+        async with link:
+            os.write(master, b"\n0.5,0.6,0.7\n0.51,0.6")  # unplugged in the middle of a line
+            first = batches(await collect(link, lambda r: len(batches(r)) >= 1))
+            await asyncio.sleep(0.05)  # let the link take the half line into its buffer
+            os.close(master)
+            os.close(slave)
+            port.unlink()
+            await wait_until(lambda: not link.connected, what="the unplug to be seen")
+            master, slave = plug()
+            try:
+                await link.wait_connected(10)
+                # The replugged MCU goes on mid-line: "1,0.62,-1.25" parses, but is no sample.
+                os.write(master, b"1,0.62,-1.25\n0.52,0.63,0.8\n")
+                after = batches(await collect(link, lambda r: len(batches(r)) >= 1))
+            finally:
+                os.close(master)
+                os.close(slave)
+        assert [b.values for b in first + after] == [((0.5, 0.6, 0.7),), ((0.52, 0.63, 0.8),)]
+        assert link.stats.connects == 2
+        assert link.stats.decoder.errors["partial-line"] == 1
 
     run(main())
 

@@ -71,7 +71,7 @@ def test_line_mode_prints_the_sources_rows() -> None:
 
     async def main() -> None:
         mcu = McuEmulator(cfg, samples=ramp)
-        decoder = LineDecoder(cfg.channel_map())
+        decoder = LineDecoder(cfg.channel_map(), at_line_start=True)  # mcu.sent holds whole lines
         async with mcu:
             await asyncio.sleep(0.3)
         lines = [mcu.sent[i] for i in sorted(mcu.sent)]

@@ -71,6 +71,12 @@ class MalformedLine(ProtocolError, BridgeError):
     reason = "bad-line"
 
 
+class PartialLine(MalformedLine):
+    """The bytes before the first newline after opening the port: a line joined mid-way."""
+
+    reason = "partial-line"
+
+
 class LinkError(BridgeError):
     """The serial port could not be used."""
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from edgefleet.firmware_bridge.base import DecoderStats
-from edgefleet.firmware_bridge.errors import MalformedLine
+from edgefleet.firmware_bridge.errors import MalformedLine, PartialLine
 from edgefleet.firmware_bridge.messages import Message, SampleBatch
 
 MAX_LINE_LENGTH: Final = 1024
@@ -130,7 +130,13 @@ class LineParser:
 
 
 class LineDecoder:
-    """Feed bytes, get one-sample batches per line; bad lines are counted, never raised."""
+    """Feed bytes, get one-sample batches per line; bad lines are counted, never raised.
+
+    A port opened (or reopened) while the MCU prints joins its output mid-line, and the tail of
+    a line can still parse (``0.6`` of ``0.51,0.6``...) into a wrong sample. So the bytes up to
+    the first newline are dropped, counted as ``partial-line`` when they were not blank.
+    ``at_line_start=True`` is for a stream known to begin at a line (a file, a recording).
+    """
 
     def __init__(
         self,
@@ -138,12 +144,15 @@ class LineDecoder:
         *,
         clock: Callable[[], float] = time.time,
         on_error: Callable[[MalformedLine], None] | None = None,
+        at_line_start: bool = False,
     ) -> None:
         self.stats = DecoderStats()
         self.parser = LineParser(channel_map or ChannelMap(), clock)
         self._on_error = on_error
         self._buf = bytearray()
         self._overflow = False
+        self._syncing = not at_line_start
+        self._skipped = False  # non-blank bytes dropped while syncing
         self._count = 0
 
     @property
@@ -152,16 +161,21 @@ class LineDecoder:
         return len(self._buf)
 
     def reset(self) -> None:
-        """Drop the line in progress (after a reconnect)."""
+        """Drop the line in progress and skip to the next newline (after a reconnect)."""
         self._buf.clear()
-        # The first line after a reconnect may start mid-way: treat it like one after garbage.
         self._overflow = False
+        self._syncing = True
+        self._skipped = False
 
     def feed(self, data: bytes) -> list[Message]:
         """Consume ``data``; return a batch for each complete, well-formed line."""
         self.stats.bytes_in += len(data)
         out: list[Message] = []
         start = 0
+        if self._syncing:
+            start = self._sync(data)
+            if start < 0:
+                return out
         while True:
             end = data.find(b"\n", start)
             if end < 0:
@@ -176,6 +190,18 @@ class LineDecoder:
                 self._fail(MalformedLine(f"line longer than {MAX_LINE_LENGTH} bytes dropped"))
             elif raw.strip():
                 self._line(raw, out)
+
+    def _sync(self, data: bytes) -> int:
+        """Drop bytes up to the first newline; the offset after it, or -1 if none came yet."""
+        end = data.find(b"\n")
+        self._skipped = self._skipped or bool(data[: len(data) if end < 0 else end].strip())
+        if end < 0:
+            return -1
+        self._syncing = False
+        if self._skipped:
+            self._skipped = False
+            self._fail(PartialLine("the first line after opening the port was cut; dropped"))
+        return end + 1
 
     def _hold(self, chunk: bytes) -> None:
         if self._overflow or not chunk:
