@@ -67,6 +67,48 @@ PARTS: dict[str, Part] = {
 
 _OUR_ROOT = "edgefleet"
 
+# The extra that brings each third-party module a part may import, at import time or only when
+# a command runs (`fl start` imports Flower, `models build` TensorFlow); a module not listed
+# here is blamed on the part's own extra. tests/foundation/test_cli.py keeps it true to
+# pyproject.toml.
+MODULE_EXTRAS: dict[str, str] = {
+    "ai_edge_litert": "edge",
+    "onnxruntime": "edge",
+    "paho": "edge",
+    "serial": "edge",
+    "cobs": "edge",
+    "numpy": "edge",
+    "psutil": "edge",
+    "flwr": "fl",
+    "ray": "fl-sim",
+    "tensorflow": "cloud",
+    "keras": "cloud",
+    "onnx": "cloud",
+    "tf2onnx": "cloud",
+    "sklearn": "cloud",
+    "sqlite_utils": "cloud",
+    "psycopg": "cloud",
+    "fastapi": "cloud",
+    "pydantic": "cloud",
+    "starlette": "cloud",
+    "uvicorn": "cloud",
+    "prometheus_client": "cloud",
+    "scipy": "cloud",
+    "amqtt": "broker",
+    "yaml": "sim",
+}
+# The extras each extra pulls in, transitively (pyproject.toml): the part's own extra is the
+# better advice whenever it already holds the missing module (`sim` needs uvicorn: install sim).
+EXTRA_INCLUDES: dict[str, frozenset[str]] = {
+    "edge": frozenset(),
+    "fl": frozenset(),
+    "fl-sim": frozenset(),
+    "broker": frozenset(),
+    "cloud": frozenset({"edge"}),
+    "sim": frozenset({"edge", "cloud", "broker"}),
+    "all": frozenset({"edge", "fl", "fl-sim", "cloud", "broker", "sim"}),
+}
+
 
 def _version() -> str:
     try:
@@ -91,21 +133,37 @@ def load_part(name: str) -> click.Command:
     return command
 
 
+def missing_extra(name: str, exc: ModuleNotFoundError) -> MissingExtra | None:
+    """The one-line error for part ``name`` lacking a third-party module, or None if not that.
+
+    A module of ours or of the standard library missing is a broken install, not an extra to
+    add, so it stays a traceback.
+    """
+    missing = (exc.name or "").split(".")[0]
+    if not missing or missing == _OUR_ROOT or missing in sys.stdlib_module_names:
+        return None
+    extra = PARTS[name].extra
+    needed = MODULE_EXTRAS.get(missing, extra)
+    if needed != extra and needed not in EXTRA_INCLUDES.get(extra, frozenset()):
+        extra = needed
+    return MissingExtra(
+        f"`edgefleet {name}` needs the '{extra}' extra: "
+        f"pip install 'edgefleet[{extra}]' (missing module: {missing})"
+    )
+
+
 def _load(name: str, module_name: str, extra: str) -> click.Command:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        missing = (exc.name or "").split(".")[0]
         if exc.name and (exc.name == module_name or module_name.startswith(exc.name + ".")):
             raise MissingExtra(
                 f"`edgefleet {name}` is not part of this build of edgefleet {_version()}"
             ) from None
-        if missing == _OUR_ROOT:
+        error = missing_extra(name, exc)
+        if error is None:
             raise
-        raise MissingExtra(
-            f"`edgefleet {name}` needs the '{extra}' extra: "
-            f"pip install 'edgefleet[{extra}]' (missing module: {missing})"
-        ) from None
+        raise error from None
     app = module.app
     command = typer.main.get_command(app)
     command.name = name
@@ -114,6 +172,10 @@ def _load(name: str, module_name: str, extra: str) -> click.Command:
 
 class LazyGroup(TyperGroup):
     """Lists every part from :data:`PARTS` but imports one only when it is invoked."""
+
+    # The part being run, so that main() can name its extra when a command imports a missing
+    # module while it runs, long after the part itself imported fine.
+    invoked: str | None = None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         """Names of the eager commands and of every lazy part."""
@@ -124,6 +186,7 @@ class LazyGroup(TyperGroup):
         eager = super().get_command(ctx, cmd_name)
         if eager is not None or cmd_name not in PARTS:
             return eager
+        self.invoked = cmd_name
         return load_part(cmd_name)
 
     def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -173,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     err = Console(stderr=True, highlight=False)
     command = typer.main.get_command(app)
     try:
-        rv: Any = command.main(args=argv, prog_name="edgefleet", standalone_mode=False)
+        rv: Any = _invoke(command, argv)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
@@ -189,6 +252,18 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         return exc.exit_code
     return rv if isinstance(rv, int) else EXIT_OK
+
+
+def _invoke(command: click.Command, argv: list[str] | None) -> Any:
+    """Run the root command; a third-party module missing while a part runs is MissingExtra."""
+    try:
+        return command.main(args=argv, prog_name="edgefleet", standalone_mode=False)
+    except ModuleNotFoundError as exc:
+        part = command.invoked if isinstance(command, LazyGroup) else None
+        error = missing_extra(part, exc) if part is not None else None
+        if error is None:
+            raise
+        raise error from None
 
 
 if __name__ == "__main__":  # pragma: no cover

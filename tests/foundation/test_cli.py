@@ -104,3 +104,68 @@ def test_a_group_merges_commands_from_its_also_modules(
     assert main(["grp", "push"]) == EXIT_OK
     assert "push ran" in capsys.readouterr().out
     assert main(["grp", "build"]) == EXIT_OK
+
+
+def test_models_merges_push_and_assign_from_the_cloud_client(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `models push`/`assign` live in edgefleet.cloud.models_cli, merged into the models group
+    # only while typer hands back click groups (docs/dependencies.md, the typer bound).
+    assert main(["models", "push", "--help"]) == EXIT_OK
+    assert "edgefleet models push" in capsys.readouterr().out
+    assert main(["models", "--help"]) == EXIT_OK
+    listing = capsys.readouterr().out
+    for sub in ("build", "verify", "push", "assign"):
+        assert f" {sub} " in listing, sub
+
+
+def _blocked(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the command with ``module`` made unimportable, as if its extra were not installed."""
+    probe = (
+        "import sys\n"
+        f"sys.modules[{module!r}] = None\n"
+        "from edgefleet.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", probe, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "extra"),
+    [
+        # Each part imports fine without the module; only running the command needs it.
+        ("flwr", ("fl", "start", "--model", "digits", "--workdir", "fl"), "fl"),
+        ("tensorflow", ("models", "build", "digits", "--out", "bundle", "--key", "KEY"), "cloud"),
+        ("uvicorn", ("sim", "run", "--duration", "1", "--workdir", "sim"), "sim"),
+    ],
+)
+def test_a_module_missing_at_run_time_names_the_extra(
+    module: str, args: tuple[str, ...], extra: str, tmp_path: Path
+) -> None:
+    private, _ = signing.generate_keypair(tmp_path / "keys")
+    key = str(private)
+    out = _blocked(module, *(key if a == "KEY" else a for a in args), cwd=tmp_path)
+    assert out.returncode == EXIT_MISSING_EXTRA, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"error: `edgefleet {args[0]}` needs the '{extra}' extra: "
+        f"pip install 'edgefleet[{extra}]' (missing module: {module})"
+    ]
+
+
+def test_a_missing_module_of_ours_or_of_python_is_not_an_extra() -> None:
+    assert cli.missing_extra("fl", ModuleNotFoundError(name="edgefleet.nope")) is None
+    assert cli.missing_extra("fl", ModuleNotFoundError(name="sqlite3")) is None
+    # The part's own extra wins when it holds the module; else the module's extra is named.
+    sim = cli.missing_extra("sim", ModuleNotFoundError(name="uvicorn.config"))
+    agent = cli.missing_extra("agent", ModuleNotFoundError(name="flwr"))
+    assert sim is not None
+    assert "edgefleet[sim]" in str(sim)
+    assert agent is not None
+    assert "edgefleet[fl]" in str(agent)
