@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from edgefleet.protocol.errors import ConfigError
 from edgefleet.simulators.errors import InvariantViolation
 
 app = typer.Typer(
@@ -33,8 +34,22 @@ def run(  # noqa: PLR0917 - typer maps each parameter to an option
     broker: Annotated[
         str, typer.Option(help="auto, embedded, mosquitto, or mqtt://HOST:PORT of a running one.")
     ] = "auto",
+    cloud: Annotated[
+        str | None,
+        typer.Option(
+            help="http://HOST:PORT of a running cloud's API: the fleet reports to it and the "
+            "checks read it through the API (needs --broker mqtt://HOST:PORT of its broker)."
+        ),
+    ] = None,
+    with_cloud: Annotated[
+        bool,
+        typer.Option(
+            "--with-cloud", help="Start the cloud in this process (the default without --cloud)."
+        ),
+    ] = False,
     db: Annotated[
-        str | None, typer.Option(help="The cloud's store (default: SQLite in the work directory).")
+        str | None,
+        typer.Option(help="With --with-cloud: its store (default: SQLite in the work directory)."),
     ] = None,
     processes: Annotated[int, typer.Option(min=1, help="Worker processes (use the cores).")] = 1,
     seed: Annotated[int | None, typer.Option(help="Override the scenario's seed.")] = None,
@@ -51,6 +66,8 @@ def run(  # noqa: PLR0917 - typer maps each parameter to an option
     from edgefleet.simulators.fleet import SimOptions, Simulation
     from edgefleet.simulators.scenario import default_scenario, load_scenario
 
+    if cloud is not None and with_cloud:
+        raise ConfigError("give --cloud URL or --with-cloud, not both")
     console = Console()
     workdir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
@@ -70,6 +87,7 @@ def run(  # noqa: PLR0917 - typer maps each parameter to an option
         duration=duration,
         scenario=spec,
         broker=broker,
+        cloud_url=cloud,
         db_url=db,
         processes=processes,
         seed=seed,

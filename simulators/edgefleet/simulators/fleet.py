@@ -28,12 +28,13 @@ from edgefleet.cloud.app import Cloud, CloudConfig
 from edgefleet.cloud.broker import BrokerProcess, EmbeddedBroker, MosquittoBroker
 from edgefleet.cloud.broker.mosquitto import mosquitto_available
 from edgefleet.cloud.store import open_store
-from edgefleet.cloud.store.base import TERMINAL_STATES, TelemetryStore
+from edgefleet.cloud.store.base import TERMINAL_STATES
 from edgefleet.protocol.errors import ConfigError
 from edgefleet.simulators.bundles import BundleCache
+from edgefleet.simulators.cloudview import ApiView, CloudView, StoreView, check_cloud_url
 from edgefleet.simulators.device import DeviceResult, Tuning
 from edgefleet.simulators.errors import ScenarioError, SimulationError
-from edgefleet.simulators.invariants import TABLES, Checks, check_run
+from edgefleet.simulators.invariants import Checks, check_run
 from edgefleet.simulators.live import LiveState, summary_table
 from edgefleet.simulators.observer import StatusObserver
 from edgefleet.simulators.plan import Action, FleetPlan, plan_fleet
@@ -58,6 +59,8 @@ class SimOptions:
     duration: float | None = None
     scenario: Scenario = field(default_factory=default_scenario)
     broker: str = "auto"
+    # None: start the cloud in this process (--with-cloud); a URL: use that running cloud.
+    cloud_url: str | None = None
     db_url: str | None = None
     processes: int = 1
     seed: int | None = None
@@ -75,6 +78,13 @@ class SimOptions:
             raise ConfigError("--processes must be at least 1")
         if self.devices is not None and self.devices < 1:
             raise ConfigError("--devices must be at least 1")
+        if self.cloud_url is not None:
+            check_cloud_url(self.cloud_url)
+            if self.db_url is not None:
+                raise ConfigError(
+                    "--db is the store of the cloud the simulator starts (--with-cloud); "
+                    "a running cloud (--cloud URL) keeps its own"
+                )
 
 
 def parse_broker(spec: str) -> tuple[str, str | None]:
@@ -105,11 +115,18 @@ class Simulation:
                 "the scenario has a broker-outage but --broker names a running broker the "
                 "simulator cannot stop; use --broker embedded or mosquitto"
             )
+        if options.cloud_url is not None and self.external_broker is None:
+            raise ConfigError(
+                f"--cloud {options.cloud_url} needs --broker mqtt://HOST:PORT: the broker that "
+                "cloud ingests from (its devices must publish where it listens)"
+            )
         self.workdir = options.workdir
         self.bundles = BundleCache(options.cache_dir)
         self.broker: BrokerProcess | None = None
         self.cloud: Cloud | None = None
-        self.store: TelemetryStore | None = None
+        self.view: CloudView | None = None
+        # Assignments the external cloud already had: not this run's to answer for.
+        self.earlier_assignments: frozenset[str] = frozenset()
         self.observer: StatusObserver | None = None
         self.state = LiveState(
             title=f"edgefleet sim: {scenario.name} (seed {scenario.seed})",
@@ -134,6 +151,8 @@ class Simulation:
     @property
     def http_url(self) -> str:
         """The cloud's API."""
+        if self.options.cloud_url is not None:
+            return check_cloud_url(self.options.cloud_url)
         assert self.cloud is not None, "prepare() first"
         return self.cloud.http_url
 
@@ -177,6 +196,22 @@ class Simulation:
                 use = "mosquitto" if mosquitto_available() else "embedded"
             cls = MosquittoBroker if use == "mosquitto" else EmbeddedBroker
             self.broker = cls(self.workdir / "broker").start(timeout=30)
+        if self.options.cloud_url is not None:
+            api = ApiView(self.options.cloud_url)
+            api.check()
+            self.earlier_assignments = frozenset(a.id for a in api.assignments())
+            self.view = api
+        else:
+            self._start_cloud()
+        self.state.urls["API"] = self.http_url + "/docs"
+        if getattr(self.cloud, "dashboard", None) is not None:
+            self.state.urls["dashboard"] = self.http_url + "/dashboard"
+        host, port = self._host_port()
+        self.observer = StatusObserver(host, port, self.plan.scenario.fleet)
+        if not self.observer.wait_subscribed(15):
+            raise SimulationError(f"cannot subscribe to the broker at {self.broker_url}")
+
+    def _start_cloud(self) -> None:
         embedded = isinstance(self.broker, EmbeddedBroker)
         self.cloud = Cloud(
             CloudConfig(
@@ -189,14 +224,7 @@ class Simulation:
                 mqtt_version="3.1.1" if embedded else None,
             )
         ).start(timeout=60)
-        self.store = open_store(self.cloud.db_url)
-        self.state.urls["API"] = self.http_url + "/docs"
-        if getattr(self.cloud, "dashboard", None) is not None:
-            self.state.urls["dashboard"] = self.http_url + "/dashboard"
-        host, port = self._host_port()
-        self.observer = StatusObserver(host, port, self.plan.scenario.fleet)
-        if not self.observer.wait_subscribed(15):
-            raise SimulationError(f"cannot subscribe to the broker at {self.broker_url}")
+        self.view = StoreView(open_store(self.cloud.db_url))
 
     def _host_port(self) -> tuple[str, int]:
         url = urlparse(self.broker_url)
@@ -306,8 +334,8 @@ class Simulation:
         return report
 
     def _check(self, results: list[DeviceResult]) -> Checks:
-        store, observer = self.store, self.observer
-        assert store is not None
+        view, observer = self.view, self.observer
+        assert view is not None
         assert observer is not None
         # Wills reach the observer and acks reach the store asynchronously: wait (bounded) for
         # every expected will and for every assignment target to settle before checking.
@@ -315,12 +343,22 @@ class Simulation:
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:
             settled = all(
-                t.state in TERMINAL_STATES for a in store.assignments() for t in a.targets
+                t.state in TERMINAL_STATES
+                for a in view.assignments()
+                if a.id not in self.earlier_assignments
+                for t in a.targets
             )
             if expected <= observer.wills() and settled:
                 break
             time.sleep(0.1)
-        return check_run(results, store, observer.wills(), len(self.plan.devices))
+        return check_run(
+            results,
+            view,
+            observer.wills(),
+            len(self.plan.devices),
+            this_run_only=self.cloud is None,
+            earlier_assignments=self.earlier_assignments,
+        )
 
     def close(self) -> None:
         """Stop the observer, the cloud and the broker we started."""
@@ -328,9 +366,9 @@ class Simulation:
             with contextlib.suppress(Exception):
                 self.observer.close()
             self.observer = None
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+        if self.view is not None:
+            self.view.close()
+            self.view = None
         if self.cloud is not None:
             self.cloud.stop()
             self.cloud = None
@@ -402,10 +440,12 @@ class _Run:
                 for s in self.specs:
                     if s.index not in answered:
                         self.errors.append(f"{s.index}: worker exited without a result")
-        if sim.store is not None and now - self.last_count > 2.0:
+        if sim.view is not None and now - self.last_count > 2.0:
             self.last_count = now
             with contextlib.suppress(Exception):
-                sim.state.stored = sum(sim.store.count(t) for t in TABLES)
+                stored = sim.view.stored()
+                if stored is not None:
+                    sim.state.stored = stored
 
     def _due(self, elapsed: float) -> None:
         sim = self.sim

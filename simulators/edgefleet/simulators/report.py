@@ -89,8 +89,8 @@ def build_report(sim: Simulation, checks: Checks, wall_s: float) -> Report:
 
 
 def _assignments(sim: Simulation) -> list[dict[str, Any]]:
-    store = sim.store
-    if store is None:
+    view = sim.view
+    if view is None:
         return []
     return [
         {
@@ -99,7 +99,8 @@ def _assignments(sim: Simulation) -> list[dict[str, Any]]:
             "states": a.counts(),
             "refusals": {t.device_id: t.reason for t in a.targets if t.state != "succeeded"},
         }
-        for a in store.assignments(limit=1000)
+        for a in view.assignments(limit=1000)
+        if a.id not in sim.earlier_assignments
     ]
 
 

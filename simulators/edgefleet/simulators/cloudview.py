@@ -1,0 +1,133 @@
+"""What the invariant checks read from the cloud: its store directly, or a running cloud's API.
+
+``--with-cloud`` (the default) starts the cloud in the coordinating process, and the checks read
+its store (:class:`StoreView`). ``--cloud URL`` points the fleet at a cloud that runs elsewhere;
+then the checks read the same facts through its HTTP API (:class:`ApiView`): each device's
+record keys from ``GET /v1/telemetry/{table}?device=...`` and the assignments from
+``GET /v1/assignments``.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from typing import Any, Protocol, get_args
+from urllib.parse import quote, urlparse
+
+import msgspec
+
+from edgefleet.cloud.client import CloudClient
+from edgefleet.cloud.store.base import Assignment, RecordTable, TelemetryStore
+from edgefleet.protocol.errors import ConfigError, EdgefleetError
+from edgefleet.simulators.errors import SimulationError
+
+TABLES: tuple[RecordTable, ...] = get_args(RecordTable)
+# The telemetry endpoint's largest page; a device holding more rows in one table cannot be
+# audited through it (ApiView refuses rather than under-count).
+API_PAGE = 100_000
+_RECORDS_METRIC = re.compile(r"^edgefleet_ingest_records_total\{[^}]*\}\s+([0-9.e+]+)$", re.M)
+
+
+class CloudView(Protocol):
+    """The cloud's facts the invariants need."""
+
+    def device_keys(self, device_id: str) -> list[tuple[str, int]]:
+        """(boot_id, seq) of every record the cloud stored for a device, over all tables."""
+        ...
+
+    def assignments(self, limit: int = 1000) -> list[Assignment]:
+        """Assignments, newest first, with each target's state."""
+        ...
+
+    def stored(self) -> int | None:
+        """Records stored so far (for the live view; None when unknown)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class StoreView:
+    """Reads the cloud's store directly (the cloud runs in this process)."""
+
+    def __init__(self, store: TelemetryStore) -> None:
+        self.store = store
+
+    def device_keys(self, device_id: str) -> list[tuple[str, int]]:
+        """(boot_id, seq) of every stored record of a device, over all tables."""
+        return [k for table in TABLES for k in self.store.record_keys(table, device_id)]
+
+    def assignments(self, limit: int = 1000) -> list[Assignment]:
+        """Assignments, newest first."""
+        return self.store.assignments(limit=limit)
+
+    def stored(self) -> int | None:
+        """Rows in every record table."""
+        return sum(self.store.count(t) for t in TABLES)
+
+    def close(self) -> None:
+        """Close the store connection."""
+        self.store.close()
+
+
+def check_cloud_url(url: str) -> str:
+    """``http(s)://HOST[:PORT]`` of a running cloud's API, without a trailing slash."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError(f"--cloud {url!r}: give the cloud's API as http://HOST:PORT")
+    return url.rstrip("/")
+
+
+class ApiView:
+    """Reads a running cloud through its HTTP API (the cloud runs elsewhere)."""
+
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        self.url = check_cloud_url(url)
+        self.client = CloudClient(self.url, timeout=timeout)
+
+    def check(self) -> dict[str, Any]:
+        """``GET /healthz``: the cloud answers and its store is up (SimulationError if not)."""
+        try:
+            health: dict[str, Any] = self.client.request("GET", "/healthz")
+        except EdgefleetError as exc:
+            raise SimulationError(
+                f"--cloud {self.url}: {exc}; start it (edgefleet cloud run) or use --with-cloud"
+            ) from None
+        if not isinstance(health, dict) or not health.get("ok"):
+            raise SimulationError(f"--cloud {self.url}: /healthz answered {health!r}")
+        return health
+
+    def device_keys(self, device_id: str) -> list[tuple[str, int]]:
+        """(boot_id, seq) of a device's records in every table, one request per table."""
+        keys: list[tuple[str, int]] = []
+        for table in TABLES:
+            rows = self.client.request(
+                "GET", f"/v1/telemetry/{table}?device={quote(device_id)}&limit={API_PAGE}"
+            )
+            if len(rows) >= API_PAGE:
+                raise SimulationError(
+                    f"{device_id} has {API_PAGE} or more {table} records in the cloud at "
+                    f"{self.url}: too many to check through its API; run shorter or use "
+                    "--with-cloud"
+                )
+            keys.extend((str(r["boot_id"]), int(r["seq"])) for r in rows)
+        return keys
+
+    def assignments(self, limit: int = 1000) -> list[Assignment]:
+        """``GET /v1/assignments``."""
+        rows = self.client.request("GET", f"/v1/assignments?limit={limit}")
+        return msgspec.convert(rows, list[Assignment])
+
+    def stored(self) -> int | None:
+        """Records ingested, from the cloud's Prometheus counters (None if it does not say)."""
+        try:
+            with urllib.request.urlopen(self.url + "/metrics", timeout=5) as resp:  # noqa: S310
+                text = resp.read().decode()
+        except (OSError, ValueError):
+            return None
+        values = _RECORDS_METRIC.findall(text)
+        return int(sum(float(v) for v in values)) if values else None
+
+    def close(self) -> None:
+        """Nothing held open (one connection per request)."""
