@@ -147,3 +147,68 @@ def test_group_sizes_and_process_split() -> None:
     )
     with pytest.raises(ScenarioError, match="the groups take 3 devices but --devices is 2"):
         plan_fleet(spec, 2, 5.0)
+
+
+def test_a_crash_that_never_restarts_is_refused() -> None:
+    # The dead device would keep its undelivered records: "every outbox drained" cannot hold.
+    with pytest.raises(ScenarioError) as err:
+        parse_scenario(
+            scenario({"at": 1, "kind": "crash", "group": "pumps", "restart_after": None}),
+            origin="s.yaml",
+        )
+    assert str(err.value).startswith("s.yaml: events[0] (crash): restart_after: null")
+    assert "give seconds" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "family"),
+    [
+        (
+            {"at": 5, "kind": "partition", "group": "pumps", "for": 10},
+            {"at": 8, "kind": "outbox-cap", "group": "pumps", "max_records": 5, "for": 3},
+            "network cut (partition, outbox-cap) windows of group 'pumps'",
+        ),
+        (
+            {"at": 5, "kind": "outbox-cap", "group": "lines", "max_records": 5, "for": 4},
+            {"at": 2, "kind": "outbox-cap", "group": "lines", "max_records": 9, "for": 4},
+            "network cut (partition, outbox-cap) windows of group 'lines'",
+        ),
+        (
+            {"at": 5, "kind": "slow", "group": "pumps", "delay_ms": 50, "for": 10},
+            {"at": 14, "kind": "slow", "group": "pumps", "delay_ms": 90, "for": 3},
+            "slow windows of group 'pumps'",
+        ),
+        (
+            {"at": 5, "kind": "crash", "group": "pumps", "restart_after": 4},
+            {"at": 8, "kind": "crash", "group": "pumps"},
+            "crash windows of group 'pumps'",
+        ),
+        (
+            {"at": 5, "kind": "broker-outage", "for": 10},
+            {"at": 10, "kind": "broker-outage", "for": 2},
+            "broker-outage windows may not",
+        ),
+    ],
+)
+def test_overlapping_windows_on_one_group_are_refused(
+    first: dict[str, object], second: dict[str, object], family: str
+) -> None:
+    with pytest.raises(ScenarioError) as err:
+        parse_scenario(scenario(first, second), origin="s.yaml")
+    message = str(err.value)
+    assert message.startswith("s.yaml: events[0] (")
+    assert "and events[1] (" in message
+    assert family in message
+    assert "merge them into one or move one after the other ends" in message
+
+
+def test_windows_that_touch_or_are_on_other_groups_are_accepted() -> None:
+    spec = parse_scenario(
+        scenario(
+            {"at": 5, "kind": "partition", "group": "pumps", "for": 5},
+            {"at": 10, "kind": "outbox-cap", "group": "pumps", "max_records": 5, "for": 5},
+            {"at": 6, "kind": "partition", "group": "lines", "for": 5},
+            {"at": 6, "kind": "slow", "group": "pumps", "delay_ms": 20, "for": 2},
+        )
+    )
+    assert len(plan_fleet(spec, 10, 30.0).actions) == 4

@@ -105,7 +105,12 @@ class Crash(_Event, tag="crash", frozen=True, kw_only=True, forbid_unknown_field
 
     group: str
     count: Annotated[int, Meta(ge=1)] = 1
-    restart_after: Positive | None = 5.0
+    restart_after: Positive = 5.0
+
+    @property
+    def until(self) -> float:
+        """When the crashed devices are up again."""
+        return self.at + self.restart_after
 
 
 class SlowDevice(_Event, tag="slow", frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -204,6 +209,13 @@ def _normalise(raw: Any, origin: str) -> dict[str, Any]:
             )
         if "at" not in ev:
             raise ScenarioError(f"{where} ({kind}): at is required (seconds from the start)")
+        if kind == "crash" and "restart_after" in ev and ev["restart_after"] is None:
+            # A device that never comes back keeps its undelivered records in its outbox, so
+            # "every outbox drained" could not hold for any run with it.
+            raise ScenarioError(
+                f"{where} (crash): restart_after: null (never restart) is not supported: the "
+                "dead device would keep undelivered records and fail the run; give seconds"
+            )
         clean = dict(ev)
         for key in ("at", "for", "restart_after"):
             if clean.get(key) is not None:
@@ -237,7 +249,7 @@ def parse_scenario(data: Any, origin: str = "scenario") -> Scenario:
 
 
 def check_scenario(scenario: Scenario, origin: str = "scenario") -> None:
-    """Cross-field checks: group names are ids and unique, events name known groups."""
+    """Cross-field checks: unique group ids, events name known groups, no clashing windows."""
     names: set[str] = set()
     if not scenario.groups:
         raise ScenarioError(f"{origin}: groups is empty; add at least one device group")
@@ -258,6 +270,42 @@ def check_scenario(scenario: Scenario, origin: str = "scenario") -> None:
                 f"{origin}: events[{i}] ({type(ev).__struct_config__.tag}): unknown group "
                 f"{group!r}; the groups are {', '.join(sorted(names))}"
             )
+    _check_overlaps(scenario, origin)
+
+
+# Windows of these kinds, on one group, must not overlap: each event undoes its effect when
+# its own window ends (a partition heals the group's proxy, a slow device speeds up again, a
+# crashed device restarts), which would cut the other window short or start a device twice.
+_EXCLUSIVE: tuple[tuple[str, tuple[type[_Event], ...]], ...] = (
+    ("network cut (partition, outbox-cap)", (Partition, OutboxCap)),
+    ("slow", (SlowDevice,)),
+    ("crash", (Crash,)),
+    ("broker-outage", (BrokerOutage,)),
+)
+
+
+def _check_overlaps(scenario: Scenario, origin: str) -> None:
+    for family, kinds in _EXCLUSIVE:
+        seen: list[tuple[int, _Event]] = []
+        for i, ev in enumerate(scenario.events):
+            if not isinstance(ev, kinds):
+                continue
+            for j, other in seen:
+                group = getattr(ev, "group", None)
+                overlap = ev.at < other.until and other.at < ev.until
+                if overlap and group == getattr(other, "group", None):
+                    where = f" of group {group!r}" if group is not None else ""
+                    raise ScenarioError(
+                        f"{origin}: events[{j}] ({_tag(other)}, {other.at:g}s to "
+                        f"{other.until:g}s) and events[{i}] ({_tag(ev)}, {ev.at:g}s to "
+                        f"{ev.until:g}s) overlap: {family} windows{where} may not; "
+                        "merge them into one or move one after the other ends"
+                    )
+            seen.append((i, ev))
+
+
+def _tag(ev: _Event) -> str:
+    return str(type(ev).__struct_config__.tag)
 
 
 def check_times(scenario: Scenario, duration: float, origin: str = "scenario") -> None:
@@ -265,8 +313,6 @@ def check_times(scenario: Scenario, duration: float, origin: str = "scenario") -
     for i, ev in enumerate(scenario.events):
         kind = type(ev).__struct_config__.tag
         end = ev.until
-        if isinstance(ev, Crash) and ev.restart_after is not None:
-            end = ev.at + ev.restart_after
         if ev.at >= duration or end > duration:
             raise ScenarioError(
                 f"{origin}: events[{i}] ({kind}) at {ev.at:g}s"

@@ -203,11 +203,10 @@ class Worker:
         for d, rec in zip(mine, recs, strict=True):
             if rec is not None:
                 self._say(f"{d.plan.device_id} crashed (boot {rec.boot_id})")
-        if ev.restart_after is not None:
-            await asyncio.sleep(ev.restart_after)
-            await asyncio.gather(*(d.restart() for d in mine))
-            for d in mine:
-                self._say(f"{d.plan.device_id} restarted")
+        await asyncio.sleep(ev.restart_after)
+        await asyncio.gather(*(d.restart() for d in mine))
+        for d in mine:
+            self._say(f"{d.plan.device_id} restarted")
 
     async def _slow(self, ev: SlowDevice, mine: list[SimDevice]) -> None:
         for d in mine:
