@@ -97,6 +97,13 @@ def test_cli_cloud_options(cloud):
     )
     assert isinstance(result.exception, CloudError)
     assert result.exception.reason == "too-few-devices"
+    # --dp reaches the cloud's run request: a bad one is refused there, with the reason.
+    for dp in (["--dp", "magic"], ["--dp", "server-adaptive", "--dp-noise", "0.5"]):
+        result = runner.invoke(
+            fl_app, ["start", "--model", "vibration-anomaly", "--cloud", cloud.http_url, *dp]
+        )
+        assert isinstance(result.exception, CloudError), result.output
+        assert result.exception.reason == "bad-fl-settings", dp
 
 
 def test_from_version_must_be_registered(cloud, tmp_path):

@@ -95,12 +95,20 @@ def test_a_failed_run_is_listed_by_the_next_cloud_process(mosquitto_factory, tmp
             "rounds": 1,
             "quorum_timeout_s": 1,
             "register": False,
+            "dp": "server-fixed",
+            "dp_noise": 0.2,
+            "dp_clip": 3.0,
         }
         run_id = client.request("POST", "/v1/fl/runs", json_body=body)["id"]
         assert cloud.fl is not None
         first = cloud.fl.wait(run_id, timeout=240).to_json()
         assert (first["state"], first["reason"]) == ("failed", "fl-quorum")
         assert first["rounds"][0]["status"] == "skipped"
+        # The DP asked for is what the ServerApp ran with (its settings file), and is shown.
+        ran = json.loads((tmp_path / "fl" / run_id / "run" / "settings.json").read_text())
+        assert ran["dp"]["kind"] == "server-fixed"
+        assert (ran["dp"]["noise_multiplier"], ran["dp"]["clipping_norm"]) == (0.2, 3.0)
+        assert first["settings"]["dp"]["kind"] == "server-fixed"
     finally:
         cloud.stop()
         dev.close()

@@ -93,3 +93,44 @@ def test_round_metrics_are_published_once_per_round(tmp_path):
     assert rows[0]["kind"] == "fl_round"
     assert rows[0]["level"] == "warning"
     assert rows[0]["data"]["reason"] == "quorum not reached"
+
+
+def test_dp_of_a_cloud_run_reaches_the_server_settings_its_record_and_the_lineage(tmp_path):
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideAdaptiveClipping
+
+    from edgefleet.cloud.fl.handoff import run_lineage
+    from edgefleet.cloud.fl.journal import RunJournal
+    from edgefleet.cloud.fl.outcome import RunOutcome
+    from edgefleet.cloud.fl.service import FlRun, FlRunRequest
+    from edgefleet.cloud.fl.strategies import make_strategy
+
+    req = FlRunRequest(
+        model="digits", min_clients=4, dp="server-adaptive", dp_noise=0.3, dp_clip=2.0
+    )
+    settings = req.run_settings(tmp_path / "run", "digits@1.0.0")
+    wanted = DpSettings(kind="server-adaptive", noise_multiplier=0.3, clipping_norm=2.0)
+    assert settings.dp == wanted
+    assert settings.parent == "digits@1.0.0"
+    # What the ServerApp process reads, and the strategy it builds from it.
+    assert RunSettings.read(settings.write()).dp == wanted
+    assert isinstance(make_strategy(settings), DifferentialPrivacyServerSideAdaptiveClipping)
+    run = FlRun("fl-0123456789ab", req, ["a", "b"])
+    assert run.to_json()["settings"]["dp"] == wanted.lineage()
+    assert FlRun("fl-1", FlRunRequest(model="digits"), []).to_json()["settings"]["dp"] == {
+        "kind": "none"
+    }
+    journal = RunJournal(tmp_path / "journal")
+    journal.save(run)
+    (back,) = list(journal.load())
+    assert back.request.dp_settings() == wanted  # a restarted cloud shows the same run
+    outcome = RunOutcome(settings, [{"status": "aggregated"}], [], participants=2)
+    lineage = run_lineage(outcome, "digits@1.0.0")
+    assert lineage.dp == {"kind": "server-adaptive", "noise_multiplier": 0.3, "clipping_norm": 2.0}
+    assert (lineage.parent, lineage.fl_rounds, lineage.fl_strategy) == ("digits@1.0.0", 1, "fedavg")
+    with pytest.raises(FlSettingsError, match="--dp must be one of"):
+        FlRunRequest(model="digits", dp="magic")
+    with pytest.raises(FlSettingsError, match="clipping norm"):
+        FlRunRequest(model="digits", dp="local", dp_clip=0.0)
+    # Flower's adaptive clipping refuses this noise for 2 clients: refused before any run.
+    with pytest.raises(FlSettingsError, match=r"below 0\.2 "):
+        FlRunRequest(model="digits", min_clients=2, dp="server-adaptive", dp_noise=0.3)

@@ -105,6 +105,11 @@ class FlRunBody(BaseModel):
         examples=["1.0.0"],
         description="registered version to fine-tune; default: the newest not rejected",
     )
+    dp: str = Field(
+        "none", description="differential privacy: none|server-fixed|server-adaptive|local"
+    )
+    dp_noise: float = Field(0.1, ge=0, description="DP noise multiplier")
+    dp_clip: float = Field(5.0, gt=0, description="DP clipping norm (initial, if adaptive)")
 
 
 class TagsRequest(BaseModel):

@@ -30,7 +30,10 @@ app = typer.Typer(
 )
 app.add_typer(certs_app, name="certs")
 
-Model = Annotated[str, typer.Option(help="Zoo model to train (an all-dense one).")]
+Model = Annotated[
+    str,
+    typer.Option(help="Zoo model to train (all-dense, or a dense head on a frozen base)."),
+]
 Rounds = Annotated[int, typer.Option(help="Number of rounds.")]
 Epochs = Annotated[int, typer.Option(help="Local epochs per round.")]
 Lr = Annotated[float, typer.Option(help="Local SGD learning rate.")]
@@ -145,6 +148,7 @@ def start(
             "epochs": epochs, "lr": lr, "round_timeout_s": round_timeout,
             "quorum_timeout_s": quorum_timeout, "devices": device or [], "assign": assign,
             "margin": margin, "from_version": from_version,
+            "dp": dp, "dp_noise": dp_noise, "dp_clip": dp_clip,
         }  # fmt: skip
         _in_cloud(cloud, body, timeout=timeout, every=every)
         return

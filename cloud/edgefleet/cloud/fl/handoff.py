@@ -137,6 +137,19 @@ def keras_weights(settings: RunSettings, weights: list[Array]) -> list[Array]:
         raise FlRunError(f"the run's final weights do not fit its model: {exc}") from None
 
 
+def run_lineage(outcome: RunOutcome, parent: str | None) -> Lineage:
+    """The lineage a run's bundle carries: parent, rounds, participants, strategy, DP."""
+    s = outcome.settings
+    return Lineage(
+        parent=parent,
+        trained_by="federated",
+        fl_rounds=len(outcome.aggregated),
+        fl_participants=outcome.participants,
+        fl_strategy=s.strategy,
+        dp=s.dp.lineage(),  # type: ignore[arg-type]
+    )
+
+
 def hand_off(
     outcome: RunOutcome,
     registry: Registry,
@@ -159,14 +172,7 @@ def hand_off(
     trained = from_weights(
         s.model, keras_weights(s, outcome.weights), seed=s.seed, small=True, epochs=s.rounds
     )
-    lineage = Lineage(
-        parent=parent.ref if parent else None,
-        trained_by="federated",
-        fl_rounds=len(outcome.aggregated),
-        fl_participants=outcome.participants,
-        fl_strategy=s.strategy,
-        dp=s.dp.lineage(),  # type: ignore[arg-type]
-    )
+    lineage = run_lineage(outcome, parent.ref if parent else None)
     directory = Path(out_dir or tempfile.mkdtemp(prefix="edgefleet-fl-bundle-")) / "bundle"
     bundle = bundle_from_trained(
         trained, directory, key, version=next_version(existing), lineage=lineage

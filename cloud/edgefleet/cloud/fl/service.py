@@ -22,7 +22,7 @@ from edgefleet.cloud.assignments import Assigner
 from edgefleet.cloud.errors import NoTargets, NotFound
 from edgefleet.cloud.fl.errors import FlSettingsError
 from edgefleet.cloud.fl.journal import RunJournal
-from edgefleet.cloud.fl.settings import STRATEGIES, RunSettings
+from edgefleet.cloud.fl.settings import STRATEGIES, DpSettings, RunSettings
 from edgefleet.cloud.node import CloudNode
 from edgefleet.cloud.publisher import CommandPublisher
 from edgefleet.cloud.registry import ModelRegistry
@@ -73,6 +73,9 @@ class FlRunRequest:
     margin: float | None = None
     seed: int = 0
     from_version: str | None = None
+    dp: str = "none"
+    dp_noise: float = 0.1
+    dp_clip: float = 5.0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -81,6 +84,30 @@ class FlRunRequest:
             raise FlSettingsError("rounds and min_clients must be at least 1")
         if self.assign and not self.register:
             raise FlSettingsError("assign needs register: only a registered bundle can be sent")
+        # Bad run settings (DP included) are refused now, not when the run's thread starts.
+        self.run_settings(Path("."))
+
+    def dp_settings(self) -> DpSettings:
+        """The differential privacy the run asked for (``dp``, ``dp_noise``, ``dp_clip``)."""
+        return DpSettings(kind=self.dp, noise_multiplier=self.dp_noise, clipping_norm=self.dp_clip)  # type: ignore[arg-type]
+
+    def run_settings(self, workdir: Path, parent: str | None = None) -> RunSettings:
+        """The settings the ServerApp runs with: every knob of this request, DP included."""
+        return RunSettings(
+            model=self.model,
+            rounds=self.rounds,
+            min_clients=self.min_clients,
+            workdir=str(workdir),
+            strategy=self.strategy,  # type: ignore[arg-type]
+            dp=self.dp_settings(),
+            epochs=self.epochs,
+            lr=self.lr,
+            max_samples=self.max_samples,
+            seed=self.seed,
+            round_timeout_s=self.round_timeout_s,
+            quorum_timeout_s=self.quorum_timeout_s,
+            parent=parent,
+        )
 
     def device_deadline(self) -> float:
         """How long a device keeps its SuperNode: the whole run's worst case plus a minute."""
@@ -135,6 +162,7 @@ class FlRun:
                 "round_timeout_s": r.round_timeout_s,
                 "quorum_timeout_s": r.quorum_timeout_s,
                 "device_deadline_s": r.device_deadline(),
+                "dp": r.dp_settings().lineage() or {"kind": "none"},
             },
             "start": self.start,
             "rounds": self.rounds,
@@ -306,20 +334,7 @@ class FlService:
         req, cfg = run.request, self.settings
         root = cfg.workdir / run.id
         start = start_point(req.model, self.registry, self.store, req.from_version)
-        settings = RunSettings(
-            model=req.model,
-            rounds=req.rounds,
-            min_clients=req.min_clients,
-            workdir=str(root / "run"),
-            strategy=req.strategy,  # type: ignore[arg-type]
-            epochs=req.epochs,
-            lr=req.lr,
-            max_samples=req.max_samples,
-            seed=req.seed,
-            round_timeout_s=req.round_timeout_s,
-            quorum_timeout_s=req.quorum_timeout_s,
-            parent=start.parent,
-        )
+        settings = req.run_settings(root / "run", start.parent)
         prepared = prepare_run(settings, start.weights)
         run.start = {**start.to_json(), "holdout": prepared.holdout()}
         link = SuperLink(root / "superlink", host=cfg.host, port=cfg.port).start()

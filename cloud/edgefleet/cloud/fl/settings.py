@@ -114,6 +114,17 @@ class RunSettings:
             raise FlSettingsError("the round deadline must be positive")
         if self.strategy == "krum" and self.min_clients < 2 * self.num_malicious + 3:
             raise FlSettingsError("krum needs at least 2 * malicious + 3 clients per round")
+        # Flower's adaptive clipping also noises the clipped count, with std min_clients / 20
+        # by default, and refuses (ValueError inside the ServerApp) a noise multiplier that is
+        # not below twice that: refuse it here, before a run starts.
+        ceiling = self.min_clients / 10
+        noise = self.dp.noise_multiplier
+        if self.dp.kind == "server-adaptive" and noise > 0 and noise >= ceiling:
+            raise FlSettingsError(
+                f"server-adaptive DP with {self.min_clients} clients per round needs a noise "
+                f"multiplier below {ceiling:g} (min_clients / 10); lower --dp-noise or raise "
+                "--min-clients"
+            )
 
     @property
     def root(self) -> Path:
