@@ -19,6 +19,7 @@ from edgefleet.protocol.messages import (
     Command,
     CommandAck,
     Commit,
+    McuCommand,
     SetConfig,
     StartTraining,
 )
@@ -79,12 +80,25 @@ class CommandHandler:
             self._spawn(self.agent.assign_model(msg))
         elif isinstance(msg, SetConfig):
             self._spawn(self.agent.set_config(msg))
+        elif isinstance(msg, McuCommand):
+            self._spawn(self._mcu(msg))
         else:
             assert isinstance(msg, StartTraining)  # COMMANDS lists no other kinds
             self._spawn(self.agent.start_training(msg))
 
     async def _commit(self, msg: Commit) -> None:
         await self.agent.uplink.on_commit(msg)
+
+    async def _mcu(self, msg: McuCommand) -> None:
+        # Duck-typed: only a source with a microcontroller behind it (serial) can forward one.
+        forward = getattr(self.agent.source, "mcu_command", None)
+        if forward is None:
+            kind = type(self.agent.source).__name__
+            why = f"this device reads a {kind}, not a microcontroller (source.kind serial)"
+            self.ack(msg, "refused", "no-mcu", why)
+            return
+        out = await forward(msg.action)
+        self.ack(msg, out.status, out.reason, out.detail, out.data)
 
     def ack(
         self,

@@ -17,6 +17,8 @@ from edgefleet.protocol.messages import (
     Health,
     InferenceBatch,
     InferenceRecord,
+    McuActuator,
+    McuCommand,
     ReadingBatch,
     ReadingRecord,
     SetConfig,
@@ -201,6 +203,16 @@ def examples(
                 superlink="cloud.local:9092",
                 rounds=3,
                 deadline_s=120.0,
+            ),
+        ),
+        (
+            topics.command(f, device, "mcu"),
+            McuCommand(
+                **c,
+                seq=5,
+                sent_at=t0 + 90,
+                command_id="d3e4f5a6",
+                action=McuActuator(index=1, value=0.75),
             ),
         ),
         (

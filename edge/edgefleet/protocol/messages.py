@@ -15,6 +15,7 @@ The cloud dedupes on ``(device_id, boot_id, seq)`` of records and answers with a
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
@@ -210,6 +211,45 @@ class StartTraining(Command, frozen=True, kw_only=True, tag="start-training/1"):
     deadline_s: Annotated[float, Meta(gt=0)] | None = None
 
 
+class McuSetSampleRate(Struct, frozen=True, kw_only=True, tag_field="op", tag="set-sample-rate"):
+    """MCU action: sample at ``hz`` from now on."""
+
+    hz: Annotated[float, Meta(gt=0, le=10_000)]
+
+
+class McuActuator(Struct, frozen=True, kw_only=True, tag_field="op", tag="actuator"):
+    """MCU action: drive actuator ``index`` (a relay, a PWM output) to ``value``."""
+
+    index: Annotated[int, Meta(ge=0, le=255)]
+    value: float
+
+    def __post_init__(self) -> None:
+        # msgpack carries NaN and infinities; a sketch's (int)NaN is undefined behaviour.
+        if not math.isfinite(self.value):
+            raise ValueError("an actuator value must be finite")
+
+
+class McuReboot(Struct, frozen=True, kw_only=True, tag_field="op", tag="reboot"):
+    """MCU action: reset the microcontroller."""
+
+
+class McuPing(Struct, frozen=True, kw_only=True, tag_field="op", tag="ping"):
+    """MCU action: answer and do nothing else (a link check)."""
+
+
+McuAction = McuSetSampleRate | McuActuator | McuReboot | McuPing
+
+
+class McuCommand(Command, frozen=True, kw_only=True, tag="mcu/1"):
+    """Forward one action to the device's microcontroller (``cmd/mcu``, serial source only).
+
+    The agent acks ``succeeded`` once the MCU acked it, ``failed`` (reason ``nack`` or
+    ``no-ack``) when it refused or never answered, ``refused`` (``no-mcu``) without an MCU.
+    """
+
+    action: McuAction
+
+
 class CommitRange(Struct, frozen=True, array_like=True):
     """Records ``first..last`` (inclusive) of one boot that the cloud has committed."""
 
@@ -243,6 +283,7 @@ Message = (
     | AssignModel
     | SetConfig
     | StartTraining
+    | McuCommand
     | Commit
 )
 MESSAGE_TYPES: tuple[type[Envelope], ...] = (
@@ -256,6 +297,7 @@ MESSAGE_TYPES: tuple[type[Envelope], ...] = (
     AssignModel,
     SetConfig,
     StartTraining,
+    McuCommand,
     Commit,
 )
 SCHEMAS: dict[str, type[Envelope]] = {str(t.__struct_config__.tag): t for t in MESSAGE_TYPES}
@@ -263,6 +305,7 @@ COMMANDS: dict[str, type[Envelope]] = {
     "assign-model": AssignModel,
     "set-config": SetConfig,
     "start-training": StartTraining,
+    "mcu": McuCommand,
     "commit": Commit,
 }
 # Named telemetry streams and their payload type; any other stream carries ReadingBatch.

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -21,21 +21,47 @@ from edgefleet.edge.errors import SourceError
 from edgefleet.edge.sources.base import Chunk, EventSink
 from edgefleet.firmware_bridge import (
     ChannelMap,
+    CommandFailed,
+    CommandNacked,
     LinkClosed,
+    LinkError,
     LinkTimeout,
     LogLine,
+    NackCode,
+    Ping,
     PortUnavailable,
     Reading,
+    Reboot,
     SampleBatch,
     SerialLink,
+    SetActuator,
+    SetSampleRate,
     Status,
 )
+from edgefleet.firmware_bridge import Command as BridgeCommand
 from edgefleet.firmware_bridge.messages import STATUS_FLAG_BOOT
+from edgefleet.protocol.messages import (
+    McuAction,
+    McuActuator,
+    McuPing,
+    McuReboot,
+    McuSetSampleRate,
+    Scalar,
+)
 
 log = logging.getLogger(__name__)
 
 # Host and MCU clocks drift apart; past this much the MCU-to-host offset is measured again.
 _REANCHOR_S = 1.0
+
+
+class McuOutcome(NamedTuple):
+    """How a forwarded MCU command ended, as the fields of the cloud's command ack."""
+
+    status: Literal["succeeded", "failed", "refused"]
+    reason: str | None
+    detail: str
+    data: dict[str, Scalar]
 
 
 class SerialSource:
@@ -228,6 +254,35 @@ class SerialSource:
         self.chunks += 1
         return Chunk(t0, np.asarray(rows, dtype=np.float32).reshape(n, len(self.channels)))
 
+    # ------------------------------------------------------------------ commands
+
+    async def mcu_command(self, action: McuAction) -> McuOutcome:
+        """Send a cloud ``mcu`` action to the MCU (ack and retry); never raises."""
+        op = str(type(action).__struct_config__.tag)
+        data: dict[str, Scalar] = {"op": op, "port": self.port}
+        if self.mode != "framed":
+            why = f"{self.port} is read in line mode: a sketch printing lines takes no commands"
+            return McuOutcome("refused", "line-mode", why, data)
+        try:
+            command = _bridge_command(action)
+        except ValueError as exc:
+            return McuOutcome("refused", "bad-args", str(exc), data)
+        if not self._opened or self._link.stats.connects == 0:
+            why = f"{self.port} has not been opened yet; retry once the agent reads it"
+            return McuOutcome("failed", "not-connected", why, data)
+        try:
+            ack = await self._link.send_command(command)
+        except CommandNacked as exc:
+            try:
+                data["nack"] = NackCode(exc.code).name.lower()
+            except ValueError:
+                data["nack"] = exc.code
+            return McuOutcome("failed", exc.reason, str(exc), data)
+        except (CommandFailed, LinkError) as exc:
+            return McuOutcome("failed", exc.reason, str(exc), data)
+        data["mcu_seq"] = ack.acked_seq
+        return McuOutcome("succeeded", None, f"{self.port} acked {op}", data)
+
     # ------------------------------------------------------------------ reporting
 
     def _watch(self) -> None:
@@ -273,6 +328,20 @@ class SerialSource:
             return  # the link only ever opens on a loop; none runs, so nothing is open
         if self._closing is None:
             self._closing = loop.create_task(self._link.close())
+
+
+def _bridge_command(action: McuAction) -> BridgeCommand:
+    """The serial-protocol command for a cloud action; ValueError when its values do not fit."""
+    match action:
+        case McuSetSampleRate(hz=hz):
+            return SetSampleRate(hz)
+        case McuActuator(index=index, value=value):
+            return SetActuator(index, value)
+        case McuReboot():
+            return Reboot()
+        case McuPing():
+            return Ping()
+    raise ValueError(f"no MCU command for {action!r}")
 
 
 def line_channel_map(
