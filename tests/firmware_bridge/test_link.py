@@ -196,16 +196,51 @@ def test_unanswered_command_times_out() -> None:
     run(main())
 
 
-def test_silent_port_raises_read_timeout_and_iteration_can_go_on() -> None:
+def test_silent_port_makes_receive_raise_read_timeout_and_it_can_go_on() -> None:
     async def main() -> None:
         with raw_pty() as (master, path):
             async with SerialLink(path, read_timeout=0.1) as link:
                 with pytest.raises(LinkTimeout):
-                    await anext(link)
+                    await link.receive()
                 os.write(master, encode_frame(Status(5, 1.0), 0))
-                reading = await anext(link)
+                reading = await link.receive()
                 assert reading == Status(5, 1.0)
                 assert link.stats.timeouts == 1
+
+    run(main())
+
+
+def test_async_for_goes_on_through_an_outage_longer_than_read_timeout() -> None:
+    read_timeout = 0.1
+
+    async def main() -> None:
+        async with (
+            McuEmulator(EmulatorConfig(rate_hz=500, batch=5)) as mcu,
+            SerialLink(mcu.path, read_timeout=read_timeout, reconnect_interval=0.02) as link,
+        ):
+            got: list[SampleBatch] = []
+
+            async def consume() -> None:
+                async for reading in link:
+                    if isinstance(reading, SampleBatch):
+                        got.append(reading)
+
+            consumer = asyncio.create_task(consume())
+            try:
+                await wait_until(lambda: len(got) >= 5, what="readings before the outage")
+                mcu.unplug()
+                await wait_until(lambda: not link.connected, what="the unplug to be seen")
+                # Silent for many read timeouts: counted, and the loop is still there.
+                await wait_until(lambda: link.stats.timeouts >= 3, what="timeouts counted")
+                assert not consumer.done()
+                before = len(got)
+                mcu.plug()
+                await wait_until(lambda: len(got) >= before + 5, what="readings after the outage")
+                assert not consumer.done()
+            finally:
+                consumer.cancel()
+            assert link.stats.connects == 2
+            assert got[before].seq > got[before - 1].seq
 
     run(main())
 

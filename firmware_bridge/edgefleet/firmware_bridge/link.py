@@ -95,8 +95,9 @@ class SerialLink:
     Reads run on the event loop through ``loop.add_reader`` (no thread per link). When the port
     disappears (end of file or an I/O error) the link closes it and reopens the same path
     every ``reconnect_interval`` seconds, backing off to ``reconnect_max_interval``; iteration
-    just resumes. ``read_timeout`` bounds the wait for the next reading (:class:`LinkTimeout`,
-    after which iteration may go on). At most ``queue_size`` readings wait for the consumer;
+    just resumes. ``read_timeout`` bounds the wait of :meth:`receive` (:class:`LinkTimeout`);
+    ``async for`` waits through such silences (an unplugged cable, a stalled MCU) and only
+    counts them in ``stats.timeouts``. At most ``queue_size`` readings wait for the consumer;
     beyond that the oldest are dropped and counted.
     """
 
@@ -274,10 +275,15 @@ class SerialLink:
         return self
 
     async def __anext__(self) -> Reading:
-        try:
-            return await self.receive()
-        except LinkClosed:
-            raise StopAsyncIteration from None
+        while True:
+            try:
+                return await self.receive()
+            except LinkTimeout:
+                # Silence is no end: the link reconnects on its own. receive() counted it in
+                # stats.timeouts; a consumer that must act on silence calls receive() itself.
+                continue
+            except LinkClosed:
+                raise StopAsyncIteration from None
 
     async def receive(self, within: float | None = -1.0) -> Reading:
         """The next reading; waits ``within`` s (default: ``read_timeout``, None: forever)."""
