@@ -98,6 +98,35 @@ def test_device_state_from_status_and_health(store: TelemetryStore) -> None:
     assert store.devices(online=True) == []
 
 
+def _status(store: TelemetryStore, online: bool, reason: str, boot: str, sent_at: float) -> None:
+    b = IngestBatch()
+    b.devices["d1"] = DeviceUpdate("d1", "f1", time.time())
+    b.devices["d1"].status = StatusUpdate(online, reason, boot, "", None, None, sent_at)
+    store.write_batch(b)
+
+
+def test_status_of_an_old_boot_never_overrides_a_newer_one(store: TelemetryStore) -> None:
+    def state() -> tuple[bool, str | None, str | None]:
+        d = store.device("d1")
+        return d.online, d.status_reason, d.boot_id
+
+    _status(store, True, "start", "boot2", 2000.0)
+    # Workers sharing a subscription can store boot1's LWT after boot2's birth.
+    _status(store, False, "lwt", "boot1", 1000.0)
+    assert state() == (True, "start", "boot2")
+    _status(store, True, "start", "boot1", 1001.0)  # a redelivered old birth: also ignored
+    assert state() == (True, "start", "boot2")
+    # Within one boot arrival order wins: the will was built before the birth it ends.
+    _status(store, False, "lwt", "boot2", 1999.0)
+    assert state() == (False, "lwt", "boot2")
+    assert store.device("d1").status_at == 1999.0
+    # A boot whose clock starts behind (no real-time clock) still comes back online.
+    _status(store, True, "start", "boot3", 500.0)
+    assert state() == (True, "start", "boot3")
+    _status(store, False, "shutdown", "boot4", 600.0)  # a newer boot's offline applies
+    assert state() == (False, "shutdown", "boot4")
+
+
 def test_tags_and_filters(store: TelemetryStore) -> None:
     store.write_batch(_batch("d1", "b", [0]))
     store.write_batch(_batch("d2", "b", [0]))

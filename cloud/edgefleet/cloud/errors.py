@@ -23,6 +23,16 @@ class StoreError(CloudError):
     reason = "store"
 
 
+class StoreRefused(StoreError):
+    """The store refused a value of the batch (NUL in PostgreSQL text, a number out of range).
+
+    The data is at fault, not the store: ingest isolates the message that carries it and
+    quarantines it (reason ``store-refused``) instead of retrying the batch.
+    """
+
+    reason = "store-refused"
+
+
 class SchemaTooNew(StoreError):
     """The database was migrated by a newer edgefleet than this one."""
 

@@ -16,6 +16,7 @@ The cloud dedupes on ``(device_id, boot_id, seq)`` of records and answers with a
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
@@ -25,13 +26,18 @@ from edgefleet.protocol.topics import MAX_ID_LENGTH
 Id = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=MAX_ID_LENGTH)]
 BootId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$", min_length=1, max_length=64)]
 Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
-Count = Annotated[int, Meta(ge=0)]
+# Counts and masks are bounded to what a signed 64-bit SQL column holds: a larger value must
+# fail validation here, not the store's INSERT of a whole batch.
+Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 # Seconds since the Unix epoch by the sender's wall clock. A Pi without a real-time clock may
 # be far off until NTP syncs: order by (boot_id, seq), never by these.
 Timestamp = Annotated[float, Meta(ge=0)]
 Text = Annotated[str, Meta(max_length=4096)]
 Version = Annotated[str, Meta(max_length=64)]
 Scalar = str | int | float | bool | None
+# A model output or a sensor value: null on the wire stands for NaN or an infinity, which JSON
+# cannot carry (docs/protocol.md, "Numbers"). A Sequence, so that producers pass list[float].
+Values = Sequence[float | None]
 MAX_BATCH = 1000
 
 
@@ -70,7 +76,7 @@ class Health(Envelope, frozen=True, kw_only=True, tag="health/1"):
     mem_available_mb: float | None = None
     temperature_c: float | None = None
     # Raspberry Pi `get_throttled` bit mask (under-voltage, frequency cap, throttling).
-    throttled: int | None = None
+    throttled: Annotated[int, Meta(ge=0, le=2**32 - 1)] | None = None
     inferences: Count = 0
     latency_ms_p50: float | None = None
     latency_ms_p95: float | None = None
@@ -84,7 +90,7 @@ class InferenceRecord(Struct, frozen=True, kw_only=True):
 
     seq: Seq
     t: Timestamp
-    outputs: Annotated[list[float], Meta(max_length=4096)]
+    outputs: Annotated[Values, Meta(max_length=4096)]
     label: str | None = None
     score: float | None = None
     latency_ms: float | None = None
@@ -107,7 +113,7 @@ class ReadingRecord(Struct, frozen=True, kw_only=True):
 
     seq: Seq
     t: Timestamp
-    values: Annotated[list[float], Meta(max_length=1024)]
+    values: Annotated[Values, Meta(max_length=1024)]
 
 
 class ReadingBatch(Envelope, frozen=True, kw_only=True, tag="readings/1"):

@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 
+from edgefleet.cloud.ingest.base import Raw
 from edgefleet.cloud.store.base import (
     RECORD_COLUMNS,
     AckUpdate,
@@ -14,6 +15,7 @@ from edgefleet.cloud.store.base import (
     IngestBatch,
     QuarantineEntry,
     StatusUpdate,
+    supersedes,
 )
 from edgefleet.protocol.messages import (
     CommandAck,
@@ -26,6 +28,10 @@ from edgefleet.protocol.messages import (
     Status,
 )
 from edgefleet.protocol.topics import Topic
+
+# One message as it was added (topic, message, arrival, payload), or one quarantine row: the
+# units a refused batch is split into, to find the message the store refuses.
+Unit = tuple[Topic, Envelope, float, Raw] | QuarantineEntry
 
 _HEALTH_FIELDS = RECORD_COLUMNS["health"][5:]
 _json = msgspec.json.Encoder()
@@ -45,6 +51,7 @@ class BatchBuilder:
     messages: int = 0
     started: float = 0.0
     newest_sent_at: float = 0.0
+    units: list[Unit] = field(default_factory=list)
 
     def _rows(self, table: str) -> list[tuple[Any, ...]]:
         rows = self.batch.records.get(table)
@@ -66,23 +73,17 @@ class BatchBuilder:
             entry = self.commits[topic.device] = (topic.fleet, {})
         entry[1].setdefault(boot_id, []).extend(seqs)
 
-    def add(self, topic: Topic, msg: Envelope, now: float) -> None:
+    def add(self, topic: Topic, msg: Envelope, now: float, payload: Raw = b"") -> None:
         """Add one valid message (already checked against its topic)."""
         if not self.messages:
             self.started = now
         self.messages += 1
+        self.units.append((topic, msg, now, payload))
         self.newest_sent_at = max(self.newest_sent_at, msg.sent_at)
         dev = self._device(topic, now)
         d, b, s = msg.device_id, msg.boot_id, msg.seq
         if isinstance(msg, Status):
-            dev.status = StatusUpdate(
-                online=msg.state == "online",
-                reason=msg.reason,
-                boot_id=msg.boot_id,
-                agent_version=msg.agent_version,
-                model=msg.model,
-                model_version=msg.model_version,
-            )
+            _merge_status(dev, msg)
             return  # a status is not an outbox record: nothing to commit
         if isinstance(msg, InferenceBatch):
             rows = self._rows("inference")
@@ -137,6 +138,12 @@ class BatchBuilder:
         if not self.messages and not self.batch.quarantine:
             self.started = entry.received_at
         self.batch.quarantine.append(entry)
+        self.units.append(entry)
+
+    def split(self) -> tuple[BatchBuilder, BatchBuilder]:
+        """Two builders holding the first and the second half of this one's units."""
+        half = len(self.units) // 2
+        return _replay(self.units[:half]), _replay(self.units[half:])
 
     @property
     def size(self) -> int:
@@ -147,3 +154,27 @@ class BatchBuilder:
     def empty(self) -> bool:
         """True when nothing is pending."""
         return not self.messages and not self.batch.quarantine
+
+
+def _replay(units: list[Unit]) -> BatchBuilder:
+    b = BatchBuilder()
+    for u in units:
+        if isinstance(u, QuarantineEntry):
+            b.quarantine(u)
+        else:
+            b.add(*u)
+    return b
+
+
+def _merge_status(dev: DeviceUpdate, msg: Status) -> None:
+    status = StatusUpdate(
+        online=msg.state == "online",
+        reason=msg.reason,
+        boot_id=msg.boot_id,
+        agent_version=msg.agent_version,
+        model=msg.model,
+        model_version=msg.model_version,
+        sent_at=msg.sent_at,
+    )
+    if dev.status is None or supersedes(status, dev.status):
+        dev.status = status

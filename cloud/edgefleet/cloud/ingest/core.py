@@ -6,12 +6,12 @@ import logging
 import time
 from collections.abc import Callable
 
-from edgefleet.cloud.errors import StoreError
+from edgefleet.cloud.errors import StoreError, StoreRefused
 from edgefleet.cloud.ingest.base import Chunk, DeviceCommit, Outcome, Raw
-from edgefleet.cloud.ingest.batch import BatchBuilder
+from edgefleet.cloud.ingest.batch import BatchBuilder, Unit
 from edgefleet.cloud.ingest.settings import IngestSettings
 from edgefleet.cloud.ingest.throttle import Throttle
-from edgefleet.cloud.store.base import QuarantineEntry, TelemetryStore, WriteResult
+from edgefleet.cloud.store.base import IngestBatch, QuarantineEntry, TelemetryStore, WriteResult
 from edgefleet.protocol import codec, topics
 from edgefleet.protocol.errors import EdgefleetError, TopicError
 from edgefleet.protocol.messages import ranges_of
@@ -47,27 +47,30 @@ class IngestCore:
         """Check and batch every message of ``chunk``."""
         now = chunk.received_at
         for raw_topic, payload in chunk.messages:
-            self._one(raw_topic, payload, now)
+            try:
+                self._one(raw_topic, payload, now)
+            except Exception as exc:  # a check that crashes must not stop the others
+                log.exception("ingest: checking a message failed")
+                topic = raw_topic.decode(errors="replace")
+                self._quarantine(now, "ingest-error", topic, None, why=repr(exc), data=payload)
 
     def _one(self, raw_topic: bytes, payload: Raw, now: float) -> None:
         try:
             name = raw_topic.decode()
         except UnicodeDecodeError:
-            detail = "topic is not UTF-8"
-            self._quarantine(now, "bad-topic", repr(raw_topic), None, why=detail, data=payload)
+            name = raw_topic.decode(errors="replace")
+            if not self._over_limit(_topic_key(name), name, None, now, payload):
+                detail = "topic is not UTF-8"
+                self._quarantine(now, "bad-topic", repr(raw_topic), None, why=detail, data=payload)
             return
         try:
             topic = topics.parse(name)
         except TopicError as exc:
-            self._quarantine(now, exc.reason, name, None, why=str(exc), data=payload)
+            # No device to blame: the topic's leading levels stand in for the publisher.
+            if not self._over_limit(_topic_key(name), name, None, now, payload):
+                self._quarantine(now, exc.reason, name, None, why=str(exc), data=payload)
             return
-        if not self.throttle.allow(topic.device, now):
-            self._counts.throttled += 1
-            self._dirty = True
-            if self.throttle.should_report(topic.device, now):
-                dropped = self.throttle.dropped(topic.device)
-                detail = f"over {self.throttle.rate:g} msg/s; {dropped} dropped so far"
-                self._quarantine(now, "throttled", name, topic.device, why=detail, data=payload)
+        if self._over_limit(topic.device, name, topic.device, now, payload):
             return
         try:
             message = codec.decode(payload)
@@ -80,8 +83,22 @@ class IngestCore:
         except EdgefleetError as exc:
             self._quarantine(now, exc.reason, name, topic.device, why=str(exc), data=payload)
             return
-        self._builder.add(topic, message, now)
+        self._builder.add(topic, message, now, payload)
         self._counts.valid += 1
+
+    def _over_limit(
+        self, key: str, name: str, device: str | None, now: float, payload: Raw
+    ) -> bool:
+        """Take a token of ``key``'s bucket; when it is empty count the drop and say so."""
+        if self.throttle.allow(key, now):
+            return False
+        self._counts.throttled += 1
+        self._dirty = True
+        if self.throttle.should_report(key, now):
+            dropped = self.throttle.dropped(key)
+            detail = f"over {self.throttle.rate:g} msg/s; {dropped} dropped so far"
+            self._quarantine(now, "throttled", name, device, why=detail, data=payload)
+        return True
 
     def _quarantine(
         self, now: float, reason: str, topic: str, device: str | None, *, why: str, data: Raw
@@ -92,15 +109,21 @@ class IngestCore:
             QuarantineEntry(
                 received_at=now,
                 reason=reason,
-                topic=topic[:512],
+                # PostgreSQL refuses NUL in text; a quarantine row must always be storable.
+                topic=topic[:512].replace("\x00", "\\x00"),
                 device_id=device,
-                detail=why[:1024],
+                detail=why[:1024].replace("\x00", "\\x00"),
                 payload_size=len(data),
                 payload_excerpt=bytes(data[:EXCERPT_BYTES]),
             )
         )
 
     # -- batches ----------------------------------------------------------------------------
+    def discard(self) -> None:
+        """Forget the pending batch (never acked: its devices resend it); keep the counters."""
+        self._builder = BatchBuilder()
+        self._dirty = True
+
     @property
     def full(self) -> bool:
         """True when the pending batch reached ``batch_max_records``."""
@@ -118,7 +141,9 @@ class IngestCore:
         """Write the pending batch in one transaction; its outcome, or None if nothing changed.
 
         A store that fails is retried until it works or the owner stops; a batch given up on
-        is not acked, so the devices keep and resend its records.
+        is not acked, so the devices keep and resend its records. A batch the store refuses
+        (a value it cannot hold) is split until the message at fault is found: that one is
+        quarantined (``store-refused``), the others are written and acked.
         """
         b, out = self._builder, self._counts
         if b.empty and not self._dirty:
@@ -126,34 +151,104 @@ class IngestCore:
         self._builder, self._counts, self._dirty = BatchBuilder(), Outcome(), False
         if b.empty:
             return out
-        # Workers sharing a subscription update the same device rows; one order for all keeps
-        # PostgreSQL from deadlocking two of their transactions.
-        b.batch.devices = dict(sorted(b.batch.devices.items()))
         t0 = time.perf_counter()
-        result = self._write(b, out)
-        if result is None:
+        written = self._write_isolating(b, out)
+        if not written:
             return out
         out.batch_seconds = time.perf_counter() - t0
         out.batch_started = b.started
         out.newest_sent_at = b.newest_sent_at
-        out.records = b.batch.record_count
-        out.inserted = result.inserted
-        out.duplicates = result.duplicates
+        commits: dict[str, tuple[str, dict[str, list[int]]]] = {}
+        for part, result in written:
+            out.records += part.batch.record_count
+            for table, n in result.inserted.items():
+                out.inserted[table] = out.inserted.get(table, 0) + n
+            out.duplicates += result.duplicates
+            for device, (fleet, boots) in part.commits.items():
+                into = commits.setdefault(device, (fleet, {}))[1]
+                for boot, seqs in boots.items():
+                    into.setdefault(boot, []).extend(seqs)
         out.commits = [
             DeviceCommit(
                 fleet, device, [r for boot, seqs in boots.items() for r in ranges_of(boot, seqs)]
             )
-            for device, (fleet, boots) in b.commits.items()
+            for device, (fleet, boots) in commits.items()
         ]
         return out
 
-    def _write(self, b: BatchBuilder, out: Outcome) -> WriteResult | None:
+    def _write_isolating(
+        self, b: BatchBuilder, out: Outcome
+    ) -> list[tuple[BatchBuilder, WriteResult]]:
+        """Write ``b``, halving refused parts down to single units; what was committed."""
+        written: list[tuple[BatchBuilder, WriteResult]] = []
+        pending = [b]
+        while pending:
+            part = pending.pop(0)
+            # Workers sharing a subscription update the same device rows; one order for all
+            # keeps PostgreSQL from deadlocking two of their transactions.
+            part.batch.devices = dict(sorted(part.batch.devices.items()))
+            try:
+                written.append((part, self._write(part.batch, out)))
+            except _GaveUp:
+                break
+            except Exception as exc:  # StoreRefused, or a failure nobody foresaw: same cure
+                if not isinstance(exc, StoreRefused):
+                    log.exception("ingest: the store failed on a batch; isolating its messages")
+                if len(part.units) > 1:
+                    pending[:0] = part.split()
+                    continue
+                self._refused(part.units[0], exc, out, pending)
+        return written
+
+    def _refused(
+        self, unit: Unit, exc: Exception, out: Outcome, pending: list[BatchBuilder]
+    ) -> None:
+        """Quarantine the one message the store refused (never acked: the device keeps it)."""
+        out.store_errors += 1
+        if isinstance(unit, QuarantineEntry):
+            log.error("ingest: the store refused a quarantine row (%s): dropped: %s", unit, exc)
+            return
+        topic, _message, now, payload = unit
+        log.warning("ingest: the store refused a message on %s: %s", topic, exc)
+        out.valid -= 1
+        q = out.quarantined
+        q["store-refused"] = q.get("store-refused", 0) + 1
+        entry = QuarantineEntry(
+            received_at=now,
+            reason="store-refused",
+            topic=str(topic)[:512],
+            device_id=topic.device,
+            detail=f"{type(exc).__name__}: {exc}"[:1024].replace("\x00", "\\x00"),
+            payload_size=len(payload),
+            payload_excerpt=bytes(payload[:EXCERPT_BYTES]),
+        )
+        row = BatchBuilder()
+        row.quarantine(entry)
+        pending.insert(0, row)
+
+    def _write(self, batch: IngestBatch, out: Outcome) -> WriteResult:
+        """Write one batch, retrying while the store itself fails; raise what the data causes."""
         while True:
             try:
-                return self.store.write_batch(b.batch)
+                return self.store.write_batch(batch)
+            except StoreRefused:
+                raise
             except StoreError as exc:
                 out.store_errors += 1
                 log.error("ingest: store write failed, retrying: %s", exc)
                 if self._stopping():
-                    return None
+                    raise _GaveUp from exc
                 time.sleep(0.5)
+
+
+class _GaveUp(Exception):
+    """The owner stops while the store still fails: the rest of the batch is not acked."""
+
+
+def _topic_key(name: str) -> str:
+    """The throttle bucket of a message whose topic names no valid device: its fleet level.
+
+    A publisher can vary every level after the fleet's at will; one bucket per fleet keeps
+    such a flood to ``throttle_burst`` quarantine rows, then to ``throttle_rate`` a second.
+    """
+    return "topic:" + "/".join(name.split("/", 3)[:3])[:256]

@@ -209,20 +209,26 @@ def run_child(
 
 def _feed_loop(core: IngestCore, chunks: Connection, emit: Callable[[Outcome], None]) -> None:
     while True:
-        wait = core.due_in(time.time())
-        if wait is not None and wait <= 0:
-            if (outcome := core.flush()) is not None:
-                emit(outcome)
-            continue
-        if not chunks.poll(wait):
-            continue
         try:
-            chunk = chunks.recv()
-        except (EOFError, OSError):
-            chunk = None  # the parent is gone
-        if chunk is None:
-            break
-        core.feed(chunk)
+            wait = core.due_in(time.time())
+            if wait is not None and wait <= 0:
+                if (outcome := core.flush()) is not None:
+                    emit(outcome)
+                continue
+            if not chunks.poll(wait):
+                continue
+            try:
+                chunk = chunks.recv()
+            except (EOFError, OSError):
+                chunk = None  # the parent is gone
+            if chunk is None:
+                break
+            core.feed(chunk)
+        except Exception:
+            # Dying would cost a restart and the chunks in the pipe; dropping the pending
+            # batch costs only that (unacked, so resent).
+            log.exception("ingest: the stage failed; its pending batch is dropped")
+            core.discard()
     if (outcome := core.flush()) is not None:
         emit(outcome)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import socket
 import threading
@@ -14,6 +15,7 @@ from edgefleet.cloud.ingest.core import IngestCore
 from edgefleet.cloud.ingest.settings import IngestSettings
 from edgefleet.cloud.store.base import TelemetryStore
 
+log = logging.getLogger(__name__)
 # Chunks waiting for the stage thread; past that the network thread blocks and stops reading,
 # and the broker queues (backpressure instead of unbounded memory).
 MAX_WAITING_CHUNKS = 8
@@ -43,8 +45,19 @@ class ThreadStage:
         self._thread.start()
 
     def submit(self, chunk: Chunk) -> None:
-        """Queue a chunk (blocks while MAX_WAITING_CHUNKS wait)."""
-        self._chunks.put(chunk)
+        """Queue a chunk (blocks while MAX_WAITING_CHUNKS wait, never for a dead thread)."""
+        while True:
+            try:
+                self._chunks.put(chunk, timeout=1.0)
+                return
+            except queue.Full:
+                if not self._thread.is_alive():
+                    # Dropped, never acked: the devices resend it.
+                    log.error(
+                        "ingest: the stage thread is gone; dropping %d messages",
+                        len(chunk.messages),
+                    )
+                    return
 
     def fileno(self) -> int:
         """The wake-up socket, readable when outcomes wait."""
@@ -80,19 +93,28 @@ class ThreadStage:
         core = self._core
         self._cpu = time.thread_time()
         while True:
-            wait = core.due_in(time.time())
-            if wait is not None and wait <= 0:
-                self._emit(core.flush())
-                continue
             try:
-                chunk = self._chunks.get(timeout=wait)
-            except queue.Empty:
-                continue
-            if chunk is None:
-                break
-            core.feed(chunk)
+                wait = core.due_in(time.time())
+                if wait is not None and wait <= 0:
+                    self._emit(core.flush())
+                    continue
+                try:
+                    chunk = self._chunks.get(timeout=wait)
+                except queue.Empty:
+                    continue
+                if chunk is None:
+                    break
+                core.feed(chunk)
+            except Exception:
+                # The thread must outlive any bug: a dead one would leave the network thread
+                # blocked on a full queue. What the core held is lost, unacked, and resent.
+                log.exception("ingest: the stage failed; its pending batch is dropped")
+                core.discard()
         self._stop.set()
-        self._emit(core.flush())
+        try:
+            self._emit(core.flush())
+        except Exception:
+            log.exception("ingest: the last batch could not be written; it is not acked")
 
     def _emit(self, outcome: Outcome | None) -> None:
         if outcome is None:

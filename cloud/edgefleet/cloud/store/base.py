@@ -78,6 +78,22 @@ class StatusUpdate:
     agent_version: str
     model: str | None
     model_version: str | None
+    # The sender's clock: orders statuses of different boots (see :func:`supersedes`).
+    sent_at: float = 0.0
+
+
+def supersedes(new: StatusUpdate, old: StatusUpdate) -> bool:
+    """True when status ``new`` replaces ``old``, whatever order they arrived in.
+
+    Within one boot, arrival order wins: an agent builds its will before its birth, so a
+    real LWT carries an older ``sent_at`` than the birth it ends. Across boots a status
+    older than the stored one is ignored (a late LWT of a previous boot must not mark a
+    live device offline), except an "online" over an "offline": a device without a
+    real-time clock may boot with its clock behind the last boot's.
+    """
+    if new.boot_id == old.boot_id or (new.online and not old.online):
+        return True
+    return new.sent_at >= old.sent_at
 
 
 @dataclass(slots=True)
@@ -178,6 +194,8 @@ class DeviceState:
     latency_ms_p99: float | None
     outbox_depth: int | None
     outbox_drops: int | None
+    # Sender clock of the status the row holds (migration 2; None before the first status).
+    status_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -163,5 +163,8 @@ _V1: list[str] = [
 # (version, description, statements); append only.
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "records, devices, quarantine, models, assignments", _V1),
-]
+    (2, "devices.status_at orders statuses across boots", [
+        "ALTER TABLE devices ADD COLUMN status_at {real}",
+    ]),
+]  # fmt: skip
 LATEST = MIGRATIONS[-1][0]

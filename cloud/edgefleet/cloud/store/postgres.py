@@ -7,9 +7,13 @@ from contextlib import contextmanager
 
 import psycopg
 
-from edgefleet.cloud.errors import StoreError
+from edgefleet.cloud.errors import StoreError, StoreRefused
 from edgefleet.cloud.store.migrations import POSTGRES
 from edgefleet.cloud.store.sql import Cursor, SqlStore
+
+# A value PostgreSQL cannot hold: NUL in text (psycopg refuses it before sending), a number
+# out of range, a violated constraint. The batch's data is at fault; retrying cannot help.
+_REFUSED = (psycopg.DataError, psycopg.IntegrityError, OverflowError, ValueError, TypeError)
 
 
 class PostgresStore(SqlStore):
@@ -30,6 +34,8 @@ class PostgresStore(SqlStore):
         try:
             with self._conn.transaction(), self._conn.cursor() as raw:
                 yield Cursor(raw, self.dialect)
+        except _REFUSED as exc:
+            raise StoreRefused(f"{_redact(self.url)} refused a value: {exc}") from exc
         except psycopg.Error as exc:
             raise StoreError(f"write to {_redact(self.url)} failed: {exc}") from exc
 

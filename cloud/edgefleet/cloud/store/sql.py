@@ -178,20 +178,27 @@ class SqlStore(ABC):
         )
         st = dev.status
         if st is not None:
+            # The same rule as base.supersedes: workers sharing a subscription may store a
+            # late LWT of an old boot after the new boot's birth.
             cur.execute(
-                "UPDATE devices SET online = ?, status_reason = ?, boot_id = ?, "
+                "UPDATE devices SET online = ?, status_reason = ?, boot_id = ?, status_at = ?, "
                 "agent_version = CASE WHEN ? <> '' THEN ? ELSE agent_version END, "
                 "model = COALESCE(?, model), model_version = COALESCE(?, model_version) "
-                "WHERE device_id = ?",
+                "WHERE device_id = ? AND (boot_id IS NULL OR status_at IS NULL OR boot_id = ? "
+                "OR (? = 1 AND online = 0) OR status_at <= ?)",
                 (
                     int(st.online),
                     st.reason,
                     st.boot_id,
+                    st.sent_at,
                     st.agent_version,
                     st.agent_version,
                     st.model,
                     st.model_version,
                     dev.device_id,
+                    st.boot_id,
+                    int(st.online),
+                    st.sent_at,
                 ),
             )
         h = dev.health

@@ -10,11 +10,20 @@ from typing import Literal
 
 import sqlite_utils
 
-from edgefleet.cloud.errors import StoreError, StoreURLError
+from edgefleet.cloud.errors import StoreError, StoreRefused, StoreURLError
 from edgefleet.cloud.store.migrations import SQLITE
 from edgefleet.cloud.store.sql import Cursor, SqlStore
 
 Synchronous = Literal["OFF", "NORMAL", "FULL"]
+# What binding or a constraint raises for a value SQLite cannot hold (an integer past 64 bits,
+# a NULL where NOT NULL): the batch's data is at fault, and retrying it cannot help.
+_REFUSED = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    OverflowError,
+    ValueError,
+    TypeError,
+)
 
 
 def sqlite_path(url: str) -> Path:
@@ -62,6 +71,9 @@ class SqliteStore(SqlStore):
             raise StoreError(f"cannot start a transaction on {self.path}: {exc}") from None
         try:
             yield Cursor(conn, self.dialect)
+        except _REFUSED as exc:
+            conn.execute("ROLLBACK")
+            raise StoreRefused(f"{self.path} refused a value: {exc}") from exc
         except sqlite3.Error as exc:
             conn.execute("ROLLBACK")
             raise StoreError(f"write to {self.path} failed: {exc}") from exc
