@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import random
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -70,6 +72,41 @@ def test_stream_cut_at_every_byte_position() -> None:
         got = feed_chunks(dec, data, [cut])
         assert [key(m) for m in got] == expected(sent), f"cut at {cut}"
         assert dec.stats.error_total == 0
+
+
+def test_stream_starting_and_ending_at_every_offset_gives_exactly_the_intact_frames() -> None:
+    # Frames of different lengths and types, so no cut lines up with a pattern by chance.
+    msgs: list[Message] = [batch(0, rows=1), Status(7, 100.0), batch(1, rows=3), LogLine(1, "ok")]
+    msgs.append(batch(2, width=3, rows=2))
+    wires = [encode_frame(m, i) for i, m in enumerate(msgs)]
+    want = [
+        key(m if not isinstance(m, SampleBatch) else replace(m, seq=i)) for i, m in enumerate(msgs)
+    ]
+    data = b"".join(wires)
+    ends = list(itertools.accumulate(len(w) for w in wires))
+    starts = [0, *ends[:-1]]
+    for a in range(len(data) + 1):
+        for b in range(a, len(data) + 1):
+            dec = FrameDecoder()
+            got = [key(m) for m in dec.feed(data[a:b])]
+            # Whole frames inside the slice come out intact; a cut one never does.
+            whole = [i for i in range(len(wires)) if a <= starts[i] and ends[i] <= b]
+            assert got == [want[i] for i in whole], f"data[{a}:{b}]"
+            # The head cut off a frame's start: dropped, counted (unless only its 0x00 is left).
+            head = next((i for i in range(len(wires)) if starts[i] < a < ends[i] - 1), None)
+            head_counted = head is not None and (ends[head] <= b)
+            assert dec.stats.error_total == int(head_counted), f"data[{a}:{b}]"
+            assert dec.stats.lost_frames == 0
+            # What the tail holds is waiting for its 0x00, bounded by one frame.
+            last_end = max([a, *(e for e in ends if a <= e <= b)])
+            assert dec.buffered == b - last_end, f"data[{a}:{b}]"
+            # The cut tail, once a delimiter comes, is either the intact frame (only its own
+            # 0x00 was missing) or an error: never a corrupt message.
+            tail = dec.feed(b"\x00")
+            complete = [i for i in range(len(wires)) if a <= starts[i] and ends[i] - 1 == b]
+            assert [key(m) for m in tail] == [want[i] for i in complete], f"data[{a}:{b}] + 00"
+            tail_bad = b > last_end and not complete
+            assert dec.stats.error_total == head_counted + tail_bad, f"data[{a}:{b}] + 00"
 
 
 def test_stream_fed_one_byte_at_a_time() -> None:
