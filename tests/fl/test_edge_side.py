@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import sys
 import time
 from datetime import datetime
 
+import msgspec
 import numpy as np
 import pytest
 from support.fl_fleet import fill_agent_db
@@ -22,7 +24,7 @@ from edgefleet.edge.fl.errors import (
     TrainingRefused,
 )
 from edgefleet.edge.fl.local import TrainTask, check_update, database_path, train_locally
-from edgefleet.edge.fl.policy import TrainingPolicy, refusal
+from edgefleet.edge.fl.policy import TrainingPolicy, refusal, yielder
 from edgefleet.edge.fl.supervisor import SuperNodeSupervisor
 
 
@@ -116,23 +118,39 @@ def test_local_task_refuses_bad_inputs(tmp_path, digits_trainable):
     assert len(new) == len(digits_trainable.weights)
 
 
-def test_supervisor_restarts_with_backoff_and_stops(caplog):
+def _restart_delays(text: str) -> list[float]:
+    return [float(m) for m in re.findall(r"restarting the SuperNode in ([0-9.]+) s", text)]
+
+
+def _crashing(name: str, **kw: float) -> SuperNodeSupervisor:
     script = "import sys; print('\\x1b[92mINFO\\x1b[0m hello', flush=True); sys.exit(3)"
-    sup = SuperNodeSupervisor(
-        [sys.executable, "-c", script],
-        logging.getLogger("test.sup"),
-        restart_min_s=0.05,
-        restart_max_s=0.2,
-    )
+    return SuperNodeSupervisor([sys.executable, "-c", script], logging.getLogger(name), **kw)
+
+
+def _until_restarts(sup: SuperNodeSupervisor, n: int) -> None:
+    sup.start()
+    deadline = time.monotonic() + 30
+    while sup.restarts < n:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    sup.stop()
+
+
+def test_supervisor_restarts_with_backoff_and_stops(caplog):
+    lo, hi = 0.1, 0.4
+    sup = _crashing("test.sup", restart_min_s=lo, restart_max_s=hi)
     with caplog.at_level(logging.INFO, logger="test.sup"):
-        sup.start()
-        deadline = time.monotonic() + 20
-        while sup.restarts < 3:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        sup.stop()
+        _until_restarts(sup, 4)
     assert "supernode: INFO hello" in caplog.text  # colour codes stripped
     assert "exited with status 3" in caplog.text
+    # Each crash doubles the wait, up to restart_max_s.
+    assert _restart_delays(caplog.text)[:4] == [min(lo * 2**i, hi) for i in range(4)]
+    caplog.clear()
+    # A child that ran for stable_after_s resets the backoff: every wait is the shortest.
+    steady = _crashing("test.sup4", restart_min_s=lo, restart_max_s=hi, stable_after_s=1e-6)
+    with caplog.at_level(logging.INFO, logger="test.sup4"):
+        _until_restarts(steady, 3)
+    assert _restart_delays(caplog.text)[:3] == [lo] * 3
     with pytest.raises(SuperNodeError):
         SuperNodeSupervisor([], logging.getLogger("x"))
 
@@ -184,3 +202,107 @@ def test_supervisor_stop_ends_a_running_child():
     sup.stop(timeout=5)
     assert not sup.running
     assert pid is not None
+
+
+class ScriptedProbe(FixedProbe):
+    """CPU readings from a script (the last one repeats), counting the reads."""
+
+    def __init__(self, cpu: list[float]) -> None:
+        super().__init__()
+        self.script, self.reads = cpu, 0
+
+    def cpu_percent(self) -> float:
+        self.reads += 1
+        return self.script[min(self.reads, len(self.script)) - 1]
+
+
+def test_yielder_pauses_while_the_cpu_is_busy_at_most_max_pause():
+    slept: list[float] = []
+    busy_then_idle = ScriptedProbe([95.0, 95.0, 95.0, 20.0])
+    yielder(TrainingPolicy(max_cpu_percent=80.0), busy_then_idle, slept.append)()
+    assert slept == [0.05] * 3  # three busy readings, then the batch runs
+    slept.clear()
+    yielder(
+        TrainingPolicy(max_cpu_percent=80.0, max_pause_s=0.2), ScriptedProbe([99.0]), slept.append
+    )()
+    assert sum(slept) == pytest.approx(0.2)  # always busy: the pause is bounded
+    for off in (TrainingPolicy(yield_to_inference=False), TrainingPolicy(max_cpu_percent=0)):
+        slept.clear()
+        probe = ScriptedProbe([99.0])
+        yielder(off, probe, slept.append)()
+        assert (slept, probe.reads) == ([], 0), off
+
+
+def test_max_pause_is_a_setting_that_reaches_the_client_app(tmp_path):
+    cfg = FlConfig(max_pause_s=0.5)
+    assert cfg.policy().max_pause_s == 0.5
+    node_config = supernode_command(cfg, tmp_path / "agent.db")[-1]
+    assert "policy-max-pause=0.5" in node_config
+    assert TrainingPolicy.from_node_config(cfg.policy().to_node_config()).max_pause_s == 0.5
+    with pytest.raises(msgspec.ValidationError, match="max_pause_s"):
+        msgspec.convert({"max_pause_s": -1}, FlConfig)
+
+
+# Runs train_locally in a child: lower_priority() changes the scheduling of the process that
+# calls it, which must not be the test runner.
+_CHILD = """
+import json, os, sys
+import msgspec
+import numpy as np
+from edgefleet.edge.fl.local import TrainTask, train_locally
+from edgefleet.edge.fl.policy import TrainingPolicy
+
+class Probe:
+    reads = 0
+    def cpu_percent(self):
+        self.reads += 1
+        return 10.0 if self.reads == 1 else 99.0  # idle at the check, busy while training
+    def temperature_c(self):
+        return None
+
+tflite, weights, db = sys.argv[1:4]
+with np.load(weights) as w:
+    start = [w[f"arr_{i}"] for i in range(len(w.files))]
+probe = Probe()
+policy = TrainingPolicy(max_cpu_percent=80.0, max_pause_s=0.1)
+before = (os.sched_getscheduler(0), os.nice(0))
+_, metrics = train_locally(
+    TrainTask(model="digits", trainable=open(tflite, "rb").read()), start, db, policy, probe
+)
+print(json.dumps({"before": before, "after": [os.sched_getscheduler(0), os.nice(0)],
+                  "reads": probe.reads, "steps": metrics["steps"],
+                  "seconds": metrics["train-seconds"]}))
+"""
+
+
+def test_training_drops_to_idle_priority_and_yields_between_batches(tmp_path, digits_trainable):
+    import json
+    import os
+    import subprocess
+
+    (tmp_path / "t.tflite").write_bytes(digits_trainable.tflite)
+    np.savez(tmp_path / "w.npz", *digits_trainable.weights)
+    db = fill_agent_db(tmp_path / "a.db", "digits", np.ones((70, 64), np.float32), np.zeros(70))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            str(tmp_path / "t.tflite"),
+            str(tmp_path / "w.npz"),
+            str(db),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["before"][0] != os.SCHED_IDLE
+    policy, nice = out["after"]
+    assert policy == os.SCHED_IDLE or nice == 19
+    # 70 rows in batches of 32: 3 steps, each preceded by a busy reading paused up to 0.1 s.
+    assert out["steps"] == 3
+    assert out["reads"] >= 1 + out["steps"] * 2
+    assert out["seconds"] >= out["steps"] * 0.1 * 0.9

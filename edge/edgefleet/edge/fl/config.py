@@ -44,6 +44,8 @@ class FlConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     max_temperature_c: Annotated[float, Meta(ge=0)] = 75.0
     window: str = ""
     yield_to_inference: bool = True
+    # Longest pause between two training batches while the CPU is above max_cpu_percent.
+    max_pause_s: Annotated[float, Meta(ge=0)] = 5.0
     # One model input goes into the training buffer every N windows (0: one per drift sketch).
     sample_every_windows: Annotated[int, Meta(ge=0)] = 0
     # A start-training command is refused while fewer samples of the model are buffered.
@@ -73,6 +75,7 @@ class FlConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
             max_temperature_c=self.max_temperature_c,
             window=self.window,
             yield_to_inference=self.yield_to_inference,
+            max_pause_s=self.max_pause_s,
         )
 
     def executable(self) -> str:
