@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -15,10 +16,14 @@ from support.edge_agent import AgentThread, agent_toml, make_config
 from support.edge_http import RangeServer
 from support.tiny_models import make_bundle, pack
 
+from edgefleet.edge.config import DeliveryConfig
+from edgefleet.edge.delivery import Delivery
+from edgefleet.edge.errors import GoldenMismatch
 from edgefleet.edge.slots import Slots
 from edgefleet.protocol import topics
 from edgefleet.protocol.bundle import verify_bundle
 from edgefleet.protocol.codec import encode
+from edgefleet.protocol.errors import BundleError
 from edgefleet.protocol.manifest import SIGNATURE_FILE
 from edgefleet.protocol.messages import AssignModel, InferenceBatch
 
@@ -150,6 +155,9 @@ def test_assign_model_refuses_bad_bundles_and_swaps_good_one(
             == "2.0.0"
         )
         assert slots.previous() is not None  # 1.0.0 kept for rollback
+        # every archive was deleted once staged or refused: nothing left on the SD card
+        downloads = tmp_path / "d" / "downloads"
+        assert sorted(p.name for p in downloads.iterdir()) == []
         # a redelivered command runs once and is answered again
         _assign(acker, dev, "c-good", "tiny-vib", "2.0.0", server.url("good2.tar.gz"), sha, size)
         assert acker.wait_for(
@@ -197,6 +205,8 @@ d.activate(staged)
     ("stage", "expect"),
     [
         ("prepared", "1.0.0"),
+        ("cleared", "1.0.0"),
+        ("installed", "1.0.0"),
         ("synced", "1.0.0"),
         ("pointer-written", "1.0.0"),
         ("pointer-replaced", "2.0.0"),
@@ -209,7 +219,7 @@ def test_crash_during_swap_leaves_old_or_new(
     root = tmp_path / "models"
     slots = Slots(root)
     shutil.copytree(good_bundle, slots.prepare(), dirs_exist_ok=True)
-    slots.activate(slots.inactive(), "tiny-vib@1.0.0")
+    slots.activate(slots.install(slots.staging()), "tiny-vib@1.0.0")
     v2 = make_bundle(tiny_zoo, tmp_path / "v2", signing_key, version="2.0.0")
     proc = subprocess.run(
         [sys.executable, "-c", _CRASHER, str(root), str(v2.path), str(trusted_pub), stage],
@@ -223,3 +233,120 @@ def test_crash_during_swap_leaves_old_or_new(
     assert active is not None
     # exactly one complete, verifiable model is active: the old one or the new one
     assert verify_bundle(active, [signing_key.public_key()]).manifest.version == expect
+
+
+def _delivery(root: Path, trusted_pub: Path) -> Delivery:
+    from edgefleet.protocol.signing import load_public_key
+
+    return Delivery(
+        DeliveryConfig(),
+        Slots(root / "models"),
+        [load_public_key(trusted_pub)],
+        ["ax", "ay", "az"],
+        root / "downloads",
+    )
+
+
+def _install(d: Delivery, bundle: Path) -> None:
+    staged = d.stage(bundle)
+    d.smoke_test(staged, "", 1).close()
+    d.activate(staged)
+
+
+def _version(path: Path | None, signing_key: Ed25519PrivateKey) -> str:
+    assert path is not None
+    return verify_bundle(path, [signing_key.public_key()]).manifest.version
+
+
+def test_refused_bundle_keeps_the_rollback_copy(
+    tmp_path, tiny_zoo, signing_key, trusted_pub, good_bundle
+):
+    d = _delivery(tmp_path, trusted_pub)
+    _install(d, good_bundle)
+    v2 = make_bundle(tiny_zoo, tmp_path / "v2", signing_key, version="2.0.0")
+    _install(d, v2.path)
+    slots = d.slots
+    assert _version(slots.active_path(), signing_key) == "2.0.0"
+    prev = slots.previous()
+    assert prev is not None
+    # v3 verifies but fails its golden vectors (refused after staging), v3b is tampered
+    # (refused while staging): neither may cost v1 its slot.
+    v3 = make_bundle(tiny_zoo, tmp_path / "v3", signing_key, version="3.0.0", bad_golden=True)
+    staged = d.stage(v3.path)
+    with pytest.raises(GoldenMismatch):
+        d.smoke_test(staged, "", 1)
+    d.discard(staged)
+    v3b = make_bundle(tiny_zoo, tmp_path / "v3b", signing_key, version="3.0.0")
+    (v3b.path / "golden.json").write_bytes(b"{}")
+    with pytest.raises(BundleError):
+        d.stage(v3b.path)
+    assert slots.previous() == prev
+    assert _version(slots.path(prev), signing_key) == "1.0.0"
+    assert _version(slots.active_path(), signing_key) == "2.0.0"
+    assert not slots.staging().exists()
+    # and the rollback still works
+    assert slots.rollback() == prev
+    assert _version(slots.active_path(), signing_key) == "1.0.0"
+
+
+def test_startup_rolls_back_when_the_active_model_no_longer_verifies(
+    tmp_path, tiny_zoo, signing_key, trusted_pub, good_bundle
+):
+    data = tmp_path / "d"
+    d = _delivery(data, trusted_pub)
+    _install(d, good_bundle)
+    v2 = make_bundle(tiny_zoo, tmp_path / "v2", signing_key, version="2.0.0")
+    _install(d, v2.path)
+    # The SD card corrupted the active model while the device was off.
+    model = d.slots.active_path() / "model.tflite"  # type: ignore[operator]
+    data_bytes = bytearray(model.read_bytes())
+    data_bytes[len(data_bytes) // 2] ^= 0xFF
+    model.write_bytes(bytes(data_bytes))
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    # No model.bundle in the config: only the slots can provide a model.
+    runner = AgentThread(make_config(agent_toml(data, port, device="rb-1", keys=[trusted_pub])))
+    try:
+        runner.wait_ready(online=False)
+        assert runner.agent.model_ref == ("tiny-vib", "1.0.0")
+        assert _version(runner.agent.slots.active_path(), signing_key) == "1.0.0"
+        # the previous model serves: windows are being inferred with it
+        deadline = time.monotonic() + 20
+        while runner.agent.latency.total < 3:
+            assert time.monotonic() < deadline, "the rolled-back model does not serve"
+            time.sleep(0.05)
+    finally:
+        runner.stop()
+
+
+def test_downloads_are_swept(tmp_path, http_root, good_bundle, trusted_pub):
+    www, server = http_root
+    d = _delivery(tmp_path, trusted_pub)
+    d.downloads.mkdir(parents=True)
+    stale = [d.downloads / f"{'a' * 64}.tar.gz", d.downloads / f"{'b' * 64}.tar.gz.part"]
+    for p in stale:
+        p.write_bytes(b"x" * 100)
+    sha, size = pack(verify_bundle_unchecked(good_bundle), www / "v1.tar.gz")
+    cmd = AssignModel(
+        device_id="cloud",
+        boot_id="cloud",
+        seq=1,
+        sent_at=time.time(),
+        command_id="c1",
+        model="tiny-vib",
+        version="1.0.0",
+        url=server.url("v1.tar.gz"),
+        sha256=sha,
+        size=size,
+    )
+    archive = d.fetch(cmd)
+    # Another command's partial download and an old archive went when this one was fetched.
+    assert [p.name for p in d.downloads.iterdir()] == [archive.name]
+    d.stage(archive)
+    d.forget(archive)
+    assert list(d.downloads.iterdir()) == []
+    (d.downloads / f"{sha}.tar.gz.part").write_bytes(b"x")
+    assert d.sweep() == 1
+    assert list(d.downloads.iterdir()) == []

@@ -8,7 +8,9 @@ only one that reproduces its golden vectors becomes active.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
 import os
 import shutil
 from collections.abc import Sequence
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 _CHUNK = 1 << 16
+
+log = logging.getLogger(__name__)
 
 
 def download(url: str, dest: Path, size: int, *, timeout: float, retries: int) -> Path:
@@ -132,7 +136,7 @@ def check_golden(runtime: Runtime, bundle: Checked) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Staged:
-    """A verified, compatible bundle unpacked into the inactive slot, not yet active."""
+    """A verified, compatible bundle in the staging directory, bound for ``slot``; not active."""
 
     slot: str
     bundle: Checked
@@ -172,6 +176,8 @@ class Delivery:
             )
         self.downloads.mkdir(parents=True, exist_ok=True)
         dest = self.downloads / f"{cmd.sha256}.tar.gz"
+        # Only this command's partial download is worth resuming; the rest is SD-card waste.
+        self.sweep(keep=cmd.sha256)
         if not dest.exists():
             download(cmd.url, dest, cmd.size, timeout=self.cfg.timeout_s, retries=self.cfg.retries)
         h = hashlib.sha256()
@@ -187,8 +193,32 @@ class Delivery:
             )
         return dest
 
+    def sweep(self, keep: str | None = None) -> int:
+        """Delete downloaded archives and ``.part`` files (except sha256 ``keep``'s); count them."""
+        removed = 0
+        if not self.downloads.is_dir():
+            return 0
+        for p in self.downloads.iterdir():
+            if keep is not None and p.name.startswith(f"{keep}."):
+                continue
+            if p.is_file() and p.name.endswith((".tar.gz", ".part")):
+                try:
+                    p.unlink()
+                    removed += 1
+                except OSError as exc:
+                    log.warning("cannot delete the stale download %s: %s", p, exc)
+        return removed
+
+    def forget(self, archive: Path) -> None:
+        """Delete a fetched archive once it was staged or refused (it is up to 64 MB)."""
+        if archive.parent == self.downloads:
+            try:
+                archive.unlink(missing_ok=True)
+            except OSError as exc:  # the next fetch's sweep tries again
+                log.warning("cannot delete the archive %s: %s", archive, exc)
+
     def stage(self, archive: Path, expect: tuple[str, str] | None = None) -> Staged:
-        """Unpack into the inactive slot, verify signature and hashes, check compatibility."""
+        """Unpack into the staging directory, verify signature and hashes, check compatibility."""
         slot = self.slots.inactive()
         path = self.slots.prepare()
         try:
@@ -218,11 +248,21 @@ class Delivery:
             raise
         return runtime
 
-    def activate(self, staged: Staged) -> None:
-        """Flip the pointer to the staged slot (atomic; the old slot stays for rollback)."""
-        self.slots.activate(staged.slot, staged.bundle.manifest.ref)
+    def activate(self, staged: Staged) -> Staged:
+        """Move the checked bundle into its slot and flip the pointer to it (atomic).
+
+        The slot that was active stays as it is, for rollback. Returns the bundle as it now
+        lies in its slot.
+        """
+        bundle = staged.bundle
+        target = self.slots.path(staged.slot)
+        if bundle.path != target:
+            self.slots.install(bundle.path, staged.slot)
+            bundle = dataclasses.replace(bundle, path=target)
+        self.slots.activate(staged.slot, bundle.manifest.ref)
+        return Staged(staged.slot, bundle)
 
     def discard(self, staged: Staged) -> None:
-        """Throw away a staged bundle that failed a later step."""
-        if self.slots.active() != staged.slot:
+        """Throw away a staged bundle that failed a later step (never an installed slot)."""
+        if staged.bundle.path == self.slots.staging():
             shutil.rmtree(staged.bundle.path, ignore_errors=True)

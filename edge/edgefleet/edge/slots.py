@@ -1,11 +1,12 @@
 """Two model slots and an atomically replaced pointer: a crash leaves the old or the new model.
 
 ``models/slot-a`` and ``models/slot-b`` hold verified bundle directories; ``models/active``
-is a small JSON file naming the active slot. A new bundle is written into the *inactive*
-slot, fsynced, and only then does a write-to-temp, fsync, ``os.replace``, fsync-directory
-sequence flip the pointer. ``rename(2)`` is atomic, so after a crash the pointer names either
-the old slot (untouched) or the new one (complete on disk). The other slot keeps the previous
-model for rollback.
+is a small JSON file naming the active slot. A new bundle is unpacked into ``models/staging``
+and checked there (signature, hashes, compatibility, golden vectors); only a bundle that passed
+replaces the *inactive* slot (``install``), so a refused bundle never costs the previous model
+its rollback copy. Then the slot is fsynced, and a write-to-temp, fsync, ``os.replace``,
+fsync-directory sequence flips the pointer. ``rename(2)`` is atomic, so after a crash the
+pointer names either the old slot (untouched) or the new one (complete on disk).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from edgefleet.protocol.manifest import MANIFEST_FILE
 
 SLOTS = ("a", "b")
 POINTER = "active"
+STAGING = "staging"
 Hook = Callable[[str], None]
 
 
@@ -81,14 +83,43 @@ class Slots:
         slot = self.inactive()
         return slot if (self.path(slot) / MANIFEST_FILE).is_file() else None
 
+    def staging(self) -> Path:
+        """The scratch directory a bundle is unpacked into and checked in."""
+        return self.root / STAGING
+
     def prepare(self) -> Path:
-        """Empty the inactive slot and return it, ready to receive a bundle."""
-        path = self.path(self.inactive())
+        """Empty the staging directory and return it, ready to receive a bundle.
+
+        The slots are not touched: until :meth:`install`, the inactive slot still holds the
+        previous model (the rollback copy).
+        """
+        path = self.staging()
         if path.exists():
             shutil.rmtree(path)
         path.mkdir(parents=True)
         self._hook("prepared")
         return path
+
+    def install(self, staged: Path, slot: str | None = None) -> str:
+        """Move a checked bundle directory into ``slot`` (default: the inactive one); not active.
+
+        Replaces what the slot held. Never the active slot: a crash here must leave the serving
+        model intact, and the worst it does is leave the inactive slot empty.
+        """
+        slot = self.inactive() if slot is None else slot
+        if slot not in SLOTS:
+            raise ValueError(f"no slot {slot!r}")
+        if slot == self.active():
+            raise ValueError(f"slot {slot} is active: a new bundle goes into the inactive one")
+        path = self.path(slot)
+        if path.exists():
+            shutil.rmtree(path)
+        self._hook("cleared")
+        # Same file system (both under root): a rename, not a copy.
+        os.replace(staged, path)
+        fsync_dir(self.root)
+        self._hook("installed")
+        return slot
 
     def activate(self, slot: str, ref: str = "") -> None:
         """Make ``slot`` active: fsync its files, then atomically replace the pointer."""
