@@ -13,7 +13,7 @@ from support.mqtt import Probe
 from edgefleet.edge.outbox import Outbox
 from edgefleet.protocol import topics
 from edgefleet.protocol.codec import decode
-from edgefleet.protocol.messages import Status
+from edgefleet.protocol.messages import Health, Status
 
 
 def _complete(acker: CommitAcker, device: str, boots: dict[str, int]) -> bool:
@@ -185,6 +185,25 @@ def test_full_outbox_drops_oldest_and_counts(mosquitto_factory, tmp_path, good_b
         # Exactly the newest 100 arrive; exactly the oldest `drops` were dropped.
         assert acker.seqs("cap-1")[boot] == set(range(drops + 1, last + 1))
         assert runner.agent.uplink.drops == drops
+        # The health record reports that state: the drops, the model, the latency it measured.
+        runner.run(runner.agent.report_health())
+
+        def healths(a: CommitAcker) -> list[Health]:
+            return [m for _t, m in a.messages if isinstance(m, Health)]
+
+        assert acker.wait_for(lambda a: len(healths(a)) == 1, timeout=20)
+        (health,) = healths(acker)
+        assert health.outbox_drops == drops
+        assert (health.model, health.model_version) == ("tiny-vib", "1.0.0")
+        assert health.inferences == last
+        p50, p95, p99 = health.latency_ms_p50, health.latency_ms_p95, health.latency_ms_p99
+        assert p50 is not None
+        assert p95 is not None
+        assert p99 is not None
+        assert 0 < p50 <= p95 <= p99
+        assert health.mem_rss_mb is not None
+        assert health.mem_rss_mb > 0
+        assert health.agent_version == runner.agent.version
     finally:
         runner.stop()
         if acker is not None:
@@ -218,3 +237,56 @@ def test_crash_fires_lwt_and_restart_is_online(mosquitto, tmp_path, good_bundle,
     again.stop()
     assert probe.wait_for(lambda _m: states()[-1] == ("offline", "shutdown"))
     probe.close()
+
+
+def test_rows_leave_only_on_commit_not_on_puback(mosquitto, tmp_path, good_bundle, trusted_pub):
+    acker = CommitAcker(mosquitto.host, mosquitto.port)
+    acker.pause()  # the ingest is down: the broker PUBACKs, nobody commits
+    dev = "pub-1"
+    cfg = make_config(
+        agent_toml(
+            tmp_path / "d",
+            mosquitto.port,
+            device=dev,
+            bundle=good_bundle,
+            keys=[trusted_pub],
+            source="limit_samples = 640",
+        )
+        .replace("realtime = true", "realtime = false")
+        .replace("interval_s = 0.5", "interval_s = 3600")
+        .replace("every_windows = 50", "every_windows = 0")
+        .replace("resend_after_s = 5.0", "resend_after_s = 1.0")
+    )
+    runner = AgentThread(cfg)
+    try:
+        runner.wait_ready()
+        agent = runner.agent
+        assert acker.wait_for(lambda _a: agent.source_done.is_set(), timeout=30)
+        assert acker.wait_for(lambda _a: agent.uplink.pending == 0, timeout=30)
+        boots, _, _ = _boots(cfg.outbox_path)
+        produced = boots[agent.sequencer.boot_id]
+        assert produced >= 20  # 640 samples / 32 per window, and any events
+
+        def all_pubacked(a: CommitAcker) -> bool:
+            t = agent.transport
+            return (
+                _complete(a, dev, boots)
+                and t is not None
+                and t.pending == 0
+                and agent.uplink.counters.resends >= 1
+            )
+
+        # Every record reached the subscriber, every publish was PUBACKed, and was even resent:
+        # still nothing left the outbox, because nothing was committed.
+        assert acker.wait_for(all_pubacked, timeout=30), (acker.seqs(dev), boots)
+        assert _boots(cfg.outbox_path)[1] == produced
+        assert agent.uplink.counters.committed == 0
+        acker.resume()
+        # Everything was PUBACKed already: only a resend (the session never dropped, so no
+        # replay) brings the records back to the now committing ingest.
+        assert acker.wait_for(lambda _a: _boots(cfg.outbox_path)[1] == 0, timeout=30)
+        assert agent.uplink.counters.committed == produced
+        assert agent.transport.connects == 1  # type: ignore[union-attr]
+    finally:
+        runner.stop()
+        acker.close()

@@ -2,7 +2,8 @@
 
 It subscribes to every device message, dedupes records on ``(device_id, boot_id, seq)``, and
 publishes a :class:`~edgefleet.protocol.messages.Commit` on ``cmd/commit`` for what it stored,
-the way the cloud's ingest does. ``pause()`` stops commits (an ingest outage).
+the way the cloud's ingest does. ``pause()`` stops commits (an ingest outage), ``resume()``
+starts them again.
 """
 
 from __future__ import annotations
@@ -96,6 +97,16 @@ class CommitAcker:
             client.publish(
                 topics.command(self.fleet, message.device_id, "commit"), encode(commit), qos=1
             )
+
+    def pause(self) -> None:
+        """Stop committing (an ingest outage): records are still received and stored."""
+        with self._cond:
+            self.paused = True
+
+    def resume(self) -> None:
+        """Commit again, from the next message on (earlier ones are committed when resent)."""
+        with self._cond:
+            self.paused = False
 
     def wait_for(self, pred: Callable[[CommitAcker], bool], timeout: float = 20) -> bool:
         """Wait until ``pred(self)`` holds."""

@@ -10,8 +10,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import TypeVar
 
 from edgefleet.edge.agent import Agent
 from edgefleet.edge.config import AgentConfig, parse_config
@@ -20,6 +21,8 @@ from edgefleet.protocol.codec import decode
 from edgefleet.protocol.errors import DecodeError
 from edgefleet.protocol.messages import Status
 from support.mqtt import Probe, Received
+
+T = TypeVar("T")
 
 
 def agent_toml(
@@ -103,6 +106,16 @@ class AgentThread:
     def call(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` on the agent's loop."""
         self.loop.call_soon_threadsafe(fn)
+
+    def run(self, coro: Coroutine[object, object, T], timeout: float = 20) -> T:
+        """Run ``coro`` on the agent's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def wait_exit(self, timeout: float = 30) -> BaseException | None:
+        """Wait for ``agent.run()`` to end by itself; return the error it ended with, if any."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "agent is still running"
+        return self.error
 
     def wait_ready(self, timeout: float = 30, *, online: bool = True) -> None:
         """Wait until the model is loaded, the tasks run, and commands can reach the agent.

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from edgefleet.edge.commands import CommandHandler
 from edgefleet.edge.config import AgentConfig, apply_runtime_change
 from edgefleet.edge.delivery import Delivery
+from edgefleet.edge.errors import TaskFailed
 from edgefleet.edge.fl.buffer import encode_sample
 from edgefleet.edge.fl.errors import FlDisabled, FlError
 from edgefleet.edge.fl.manager import TrainingManager
@@ -155,6 +156,7 @@ class Agent(LinkHandler):
             device_id=self.device_id,
             db_executor=self.db_executor,
             clock=self.clock,
+            on_store_error=self._store_error,
         )
         if self.source is None:
             self.source = make_source(cfg.source, self.io_executor, self.clock)
@@ -168,6 +170,8 @@ class Agent(LinkHandler):
             self.source.channels,
             cfg.data_dir / "downloads",
         )
+        # Archives and partial downloads a previous run left behind (a crash mid-download).
+        await loop.run_in_executor(self.io_executor, self.delivery.sweep)
         await self._load_model(self.verifier)
         factory = self._transport_factory or _mqtt_factory
         self.transport = factory(self, self)
@@ -185,27 +189,78 @@ class Agent(LinkHandler):
                 log.error("federated learning: %s", exc)
                 self.event("fl", "error", f"the SuperNode did not start: {exc}")
         self.ready.set()
+        failed: tuple[str, BaseException] | None = None
         try:
-            await self._stop.wait()
+            failed = await self._supervise(tasks)
         finally:
-            for t in tasks[2:]:
-                t.cancel()
-            await asyncio.gather(*tasks[2:], return_exceptions=True)
-            await self._end_training()
-            if self._crashed:
-                self.transport.abort()
-                self.uplink.stop()
-            else:
-                await self.uplink.flush()
-                self.uplink.stop()
-                await self.transport.close(self._status("offline", "shutdown"))
-            tasks[0].cancel()
-            await asyncio.gather(tasks[0], tasks[1], return_exceptions=True)
-            await loop.run_in_executor(self.db_executor, self.outbox.close)
-            if self.source is not None:
-                await close_source(self.source)
-            for pool in self._own:
-                pool.shutdown(wait=False, cancel_futures=True)
+            await self._shutdown(tasks)
+        if failed is not None:
+            name, error = failed
+            if isinstance(error, EdgefleetError):
+                raise error
+            raise TaskFailed(
+                f"the agent's {name} task failed with {type(error).__name__}: {error}; the "
+                "agent stopped without a clean disconnect (the broker publishes its will). Fix "
+                "the cause in the log above; a service manager (systemd Restart=on-failure) "
+                "restarts it meanwhile"
+            ) from error
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Stop the tasks; flush, say "offline" and DISCONNECT unless this is a crash."""
+        assert self.transport is not None
+        assert self.outbox is not None
+        for t in tasks[2:]:
+            t.cancel()
+        await asyncio.gather(*tasks[2:], return_exceptions=True)
+        await self._end_training()
+        if self._crashed:
+            self.transport.abort()
+            self.uplink.stop()
+        else:
+            await self.uplink.flush()
+            self.uplink.stop()
+            await self.transport.close(self._status("offline", "shutdown"))
+        tasks[0].cancel()
+        await asyncio.gather(tasks[0], tasks[1], return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(self.db_executor, self.outbox.close)
+        if self.source is not None:
+            await close_source(self.source)
+        for pool in self._own:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _supervise(self, tasks: list[asyncio.Task[None]]) -> tuple[str, BaseException] | None:
+        """Wait for :meth:`stop`/:meth:`crash`, or for a task to fail: return (name, error).
+
+        A device whose inference, uplink, transport or health task died would keep its
+        retained "online" status while doing nothing; failing the whole agent instead lets
+        the will announce it and a service manager restart it. The inference task ending
+        without an error (the source ran out of data) is not a failure.
+        """
+        stopped = asyncio.ensure_future(self._stop.wait())
+        watched: set[asyncio.Future[Any]] = set(tasks)
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    watched | {stopped}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if stopped in done:
+                    return None
+                for task in done:
+                    watched.discard(task)
+                    if task.cancelled():
+                        continue
+                    exc = task.exception()
+                    if exc is not None:
+                        name = task.get_name() if isinstance(task, asyncio.Task) else "agent"
+                        log.error(
+                            "the %s task failed: stopping without a clean disconnect",
+                            name,
+                            exc_info=exc,
+                        )
+                        self.crash()
+                        return name, exc
+        finally:
+            stopped.cancel()
 
     def stop(self) -> None:
         """Shut down cleanly: flush to the outbox, publish "offline", DISCONNECT."""
@@ -355,51 +410,45 @@ class Agent(LinkHandler):
         )
 
     async def _health_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        topic = topics.telemetry(self.fleet, self.device_id, "health")
         while not self._stop.is_set():
             await asyncio.sleep(self.cfg.health.interval_s)
-            sample = await loop.run_in_executor(self.io_executor, self.probe.sample)
-            pct = self.latency.percentiles()
-            model, version = self.model_ref
-            now = self.clock()
-            up, uptime = self.uplink, self.probe.uptime_s()
+            await self.report_health()
 
-            def build(
-                boot: str,
-                seq: int,
-                *,
-                up: Uplink = up,
-                s: Any = sample,
-                p: Any = pct,
-                m: Any = model,
-                v: Any = version,
-                t: float = now,
-                u: float = uptime,
-            ) -> Health:
-                return Health(
-                    device_id=self.device_id,
-                    boot_id=boot,
-                    seq=seq,
-                    sent_at=t,
-                    uptime_s=u,
-                    agent_version=self.version,
-                    model=m,
-                    model_version=v,
-                    cpu_percent=s.cpu_percent,
-                    mem_rss_mb=s.mem_rss_mb,
-                    mem_available_mb=s.mem_available_mb,
-                    temperature_c=s.temperature_c,
-                    throttled=s.throttled,
-                    inferences=self.latency.total,
-                    latency_ms_p50=p[0] if p else None,
-                    latency_ms_p95=p[1] if p else None,
-                    latency_ms_p99=p[2] if p else None,
-                    outbox_depth=up.depth,
-                    outbox_drops=up.drops,
-                )
+    async def report_health(self) -> None:
+        """Sample the host and queue one ``health/1`` record (the health loop's tick)."""
+        loop = asyncio.get_running_loop()
+        topic = topics.telemetry(self.fleet, self.device_id, "health")
+        sample = await loop.run_in_executor(self.io_executor, self.probe.sample)
+        pct = self.latency.percentiles()
+        model, version = self.model_ref
+        now = self.clock()
+        up, uptime = self.uplink, self.probe.uptime_s()
 
-            up.add_message("health", topic, build)
+        def build(boot: str, seq: int) -> Health:
+            # Depth and drops as of the flush that numbers this record, not of the sample.
+            return Health(
+                device_id=self.device_id,
+                boot_id=boot,
+                seq=seq,
+                sent_at=now,
+                uptime_s=uptime,
+                agent_version=self.version,
+                model=model,
+                model_version=version,
+                cpu_percent=sample.cpu_percent,
+                mem_rss_mb=sample.mem_rss_mb,
+                mem_available_mb=sample.mem_available_mb,
+                temperature_c=sample.temperature_c,
+                throttled=sample.throttled,
+                inferences=self.latency.total,
+                latency_ms_p50=pct[0] if pct else None,
+                latency_ms_p95=pct[1] if pct else None,
+                latency_ms_p99=pct[2] if pct else None,
+                outbox_depth=up.depth,
+                outbox_drops=up.drops,
+            )
+
+        up.add_message("health", topic, build)
 
     # ------------------------------------------------------------------ link events
 
@@ -471,6 +520,19 @@ class Agent(LinkHandler):
         self.uplink.add_message("event", topics.event(self.fleet, self.device_id, kind), build)
         self.flush_soon()
 
+    def _store_error(self, message: str, failures: int) -> None:
+        """Report the first failed outbox write of a run of them, and the recovery."""
+        # Once per outage: the event is itself a record that waits for the same outbox.
+        if failures == 1:
+            self.event(
+                "outbox",
+                "error",
+                f"writing the outbox failed: {message}; records wait in memory and the write "
+                "is retried with backoff (free space on the data_dir file system)",
+            )
+        elif failures == 0:
+            self.event("outbox", "info", "the outbox takes writes again")
+
     def flush_soon(self) -> None:
         """Write queued records now rather than at the next flush tick (acks, events)."""
         if self._uplink is not None and not self._crashed:
@@ -489,9 +551,13 @@ class Agent(LinkHandler):
         try:
             d = self.delivery
             archive = await loop.run_in_executor(self.io_executor, d.fetch, cmd)
-            staged = await loop.run_in_executor(
-                self.io_executor, d.stage, archive, (cmd.model, cmd.version)
-            )
+            try:
+                staged = await loop.run_in_executor(
+                    self.io_executor, d.stage, archive, (cmd.model, cmd.version)
+                )
+            finally:
+                # Unpacked (or refused): the archive is no longer needed on the SD card.
+                await loop.run_in_executor(self.io_executor, d.forget, archive)
             runtime = await loop.run_in_executor(
                 self.executor,
                 d.smoke_test,

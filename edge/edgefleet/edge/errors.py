@@ -14,6 +14,7 @@ __all__ = [
     "OutboxError",
     "RuntimeUnavailable",
     "SourceError",
+    "TaskFailed",
     "TransportError",
 ]
 
@@ -47,6 +48,12 @@ class TransportError(AgentError):
     """The MQTT connection cannot be set up (bad TLS files, bad URL)."""
 
     reason = "transport"
+
+
+class TaskFailed(AgentError):
+    """One of the agent's tasks (inference, uplink, transport, health) died of a bug."""
+
+    reason = "task-failed"
 
 
 class DownloadFailed(BundleError):

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgefleet.edge.config import UplinkConfig
+from edgefleet.edge.errors import OutboxError
 from edgefleet.edge.outbox import Outbox, Row, StoredRow
 from edgefleet.edge.pipeline import Result
 from edgefleet.edge.sequencer import Sequencer
@@ -42,8 +43,13 @@ from edgefleet.protocol.messages import (
 
 log = logging.getLogger(__name__)
 
+# Longest wait between two tries at writing the outbox after a write failed (disk full, I/O).
+STORE_RETRY_MAX_S = 30.0
+
 _INFERENCE, _READINGS, _SINGLE = 0, 1, 2
 MessageFactory = Callable[[str, int], Envelope]
+# Told (message, failed flushes in a row) when a flush fails, and ("", 0) when one succeeds again.
+StoreErrorSink = Callable[[str, int], None]
 
 
 @dataclass(slots=True)
@@ -58,6 +64,7 @@ class UplinkCounters:
     committed: int = 0
     replays: int = 0
     resends: int = 0
+    store_errors: int = 0
 
 
 class Uplink:
@@ -75,6 +82,7 @@ class Uplink:
         device_id: str,
         db_executor: Executor,
         clock: Callable[[], float] = time.time,
+        on_store_error: StoreErrorSink | None = None,
     ) -> None:
         self.cfg = cfg
         self.outbox = outbox
@@ -87,6 +95,11 @@ class Uplink:
         self._clock = clock
         self._pending: list[tuple[int, str, str, str, Any]] = []
         self._pending_records = 0
+        # Rows that already hold seqs but whose write failed: they go first in the next try,
+        # so a failed write never burns seqs (no hole) and never reorders them.
+        self._unstored: list[Row] = []
+        self._failures = 0
+        self._on_store_error = on_store_error
         self._rec_enc = msgspec.msgpack.Encoder()
         self._inf_dec = msgspec.msgpack.Decoder(InferenceRecord)
         self._read_dec = msgspec.msgpack.Decoder(ReadingRecord)
@@ -176,29 +189,57 @@ class Uplink:
                 append(Row(boot, seq, stream, topic, grp, True, self.codec.encode(src(boot, seq))))
         return rows
 
-    def _store(self, items: list[tuple[int, str, str, str, Any]]) -> int:
-        rows = self._encode(items)
-        dropped = self.outbox.append(rows)
-        return len(rows) if dropped >= 0 else 0
+    def _store(self, items: list[tuple[int, str, str, str, Any]]) -> None:
+        """Encode ``items`` behind any rows left by a failed write, and append them all."""
+        rows = self._unstored + self._encode(items)
+        # Kept until the append commits: if it raises, the next flush retries the same rows.
+        self._unstored = rows
+        self.outbox.append(rows)
+        self._unstored = []
 
-    async def flush(self) -> None:
-        """Write everything queued to the outbox (one transaction) and wake the sender."""
+    @property
+    def failing(self) -> int:
+        """Flushes that failed in a row (0 while the outbox takes writes)."""
+        return self._failures
+
+    async def flush(self) -> bool:
+        """Write everything queued to the outbox (one transaction) and wake the sender.
+
+        Returns False if the write failed (an :class:`OutboxError`: disk full, I/O error): the
+        records stay in memory, the ones already numbered keep their seqs, and the next flush
+        writes them first. The failure is counted (``counters.store_errors``) and reported.
+        """
         async with self._flush_lock:
-            if not self._pending:
-                return
+            if not self._pending and not self._unstored:
+                return True
             items, self._pending = self._pending, []
             # Count records as pending until they are in the outbox: `pending == 0` then
             # means "all of it is on disk", not "handed to the writer thread".
             n = self._pending_records
             loop = asyncio.get_running_loop()
             before = self.outbox.drops
-            await loop.run_in_executor(self._db, self._store, items)
+            try:
+                await loop.run_in_executor(self._db, self._store, items)
+            except OutboxError as exc:
+                # `items` now live (numbered) in `_unstored`; their count stays pending.
+                self._failures += 1
+                self.counters.store_errors += 1
+                log.error("writing the outbox failed (%d in a row): %s", self._failures, exc)
+                if self._on_store_error is not None:
+                    self._on_store_error(str(exc), self._failures)
+                return False
+            if self._failures:
+                log.warning("the outbox takes writes again after %d failures", self._failures)
+                self._failures = 0
+                if self._on_store_error is not None:
+                    self._on_store_error("", 0)
             self._pending_records -= n
             self.counters.stored += n
             self.counters.dropped += self.outbox.drops - before
             self.depth, self.drops = self.outbox.depth, self.outbox.drops
             self._written += 1
             self._wake.set()
+            return True
 
     # ------------------------------------------------------------------ sending
 
@@ -226,15 +267,26 @@ class Uplink:
                     async with asyncio.timeout(1.0):
                         await self._wake.wait()
                 self._wake.clear()
+                if flusher.done():
+                    # The flusher only ends on a bug (a failed write is retried): surface it
+                    # so the agent's supervisor sees the uplink fail, not a silent stall.
+                    flusher.result()
+                    if not self._stopping:
+                        raise RuntimeError("the outbox flusher stopped")
                 await self._check_resend()
                 await self._send_some()
         finally:
             flusher.cancel()
 
     async def _flush_loop(self) -> None:
+        delay = self.cfg.flush_interval_s
         while not self._stopping:
-            await asyncio.sleep(self.cfg.flush_interval_s)
-            await self.flush()
+            await asyncio.sleep(delay)
+            if await self.flush():
+                delay = self.cfg.flush_interval_s
+            else:
+                # Back off while the disk refuses writes: each try costs a transaction.
+                delay = min(STORE_RETRY_MAX_S, max(delay, self.cfg.flush_interval_s) * 2)
 
     async def _check_resend(self) -> None:
         """Resend from the start when the oldest stored row was sent long ago and never committed.
