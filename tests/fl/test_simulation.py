@@ -24,6 +24,36 @@ def test_dirichlet_partitions_cover_every_row_once():
     assert any(len(np.unique(y[p])) < 10 for p in parts)
 
 
+def test_round_feed_reports_each_round_while_the_engine_runs(tmp_path):
+    """``fl simulate``'s progress: rounds are reported as the round loop writes them."""
+    import json
+    import time
+
+    from edgefleet.cloud.fl.simulation import RoundFeed
+
+    path = tmp_path / "rounds.jsonl"
+    got: list[dict[str, int]] = []
+
+    def wait_for(n: int) -> None:
+        deadline = time.monotonic() + 20
+        while len(got) < n:
+            assert time.monotonic() < deadline, got
+            time.sleep(0.01)
+
+    with RoundFeed(path, got.append, every_s=0.01), path.open("a") as fh:
+        fh.write(json.dumps({"round": 1}) + "\n")
+        fh.flush()
+        wait_for(1)  # reported while the "engine" still runs
+        fh.write('{"round": ')  # a line caught half written is read once whole
+        fh.flush()
+        time.sleep(0.1)
+        assert got == [{"round": 1}]
+        fh.write("2}\n")
+        fh.flush()
+        wait_for(2)
+    assert got == [{"round": 1}, {"round": 2}]  # each once
+
+
 @pytest.mark.slow(seconds=50)
 def test_fedavg_reaches_95_percent_of_central_accuracy(tmp_path):
     pytest.importorskip("ray")

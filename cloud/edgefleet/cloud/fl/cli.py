@@ -410,8 +410,7 @@ def simulate(
         workdir / "data", model, prepared.data, clients, alpha=non_iid, seed=seed
     )
     console.log(f"{clients} clients, {min(sizes)}..{max(sizes)} samples each")
-    outcome = run_sim(settings, clients, cpus=cpus)
-    for rec in outcome.rounds:
-        hold = ", ".join(f"{k} {v:.4f}" for k, v in rec["holdout"].items())
-        console.log(f"round {rec['round']}: {rec['status']} {hold}")
+    progress, show = _progress(console, rounds)
+    with progress:
+        outcome = run_sim(settings, clients, cpus=cpus, on_round=show)
     typer.echo(json.dumps({"rounds": [r["holdout"] for r in outcome.rounds]}))
