@@ -45,7 +45,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Retention:
-    """How long raw telemetry is kept (None keeps it forever) and how often to prune."""
+    """How long raw telemetry is kept (None keeps it forever) and how often to prune.
+
+    ``every_s`` <= 0 turns the periodic pruning off (``Cloud.prune()`` still applies it).
+    """
 
     raw_days: float | None = 30.0
     quarantine_days: float | None = 7.0
@@ -259,9 +262,14 @@ class Cloud:
         self._threads.append(t)
 
     def _retention_loop(self) -> None:
-        r = self.config.retention
-        while not self._stop.wait(min(r.every_s, 60.0) if r.every_s > 0 else 60.0):
-            self.prune()
+        every = self.config.retention.every_s
+        if every <= 0:  # periodic pruning off: only explicit Cloud.prune() calls
+            return
+        while not self._stop.wait(every):
+            try:
+                self.prune()
+            except CloudError as exc:  # a store down now may be back at the next round
+                log.error("retention: pruning failed: %s", exc)
 
     def prune(self) -> dict[str, int]:
         """Apply the retention settings now."""
