@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -23,8 +24,7 @@ def _unpaced(rate_hz: float = 20.0, chunk: int = 2) -> BlockSource:
 @pytest.mark.parametrize("signal", ["vibration", "activity"])
 def test_blocks_give_the_samples_and_stamps_of_the_agents_source(signal: str) -> None:
     async def main() -> None:
-        clock = iter([1000.0]).__next__  # both stamp from their first read
-        block = BlockSource(signal, 11, rate_hz=50.0, chunk=3, clock=clock)
+        block = BlockSource(signal, 11, rate_hz=50.0, chunk=3, clock=lambda: 1000.0)
         ref = SimulatedSource(
             signal, 11, rate_hz=50.0, chunk=3, realtime=False, clock=lambda: 1000.0
         )
@@ -33,6 +33,25 @@ def test_blocks_give_the_samples_and_stamps_of_the_agents_source(signal: str) ->
             assert b is not None
             assert a.t0 == pytest.approx(b.t0)
             np.testing.assert_allclose(a.samples, b.samples, rtol=1e-6, atol=1e-6)
+
+    asyncio.run(main())
+
+
+def test_stamps_follow_a_jump_of_the_device_clock() -> None:
+    async def main() -> None:
+        offset = [0.0]
+        block = BlockSource(
+            "vibration", 5, rate_hz=10.0, chunk=2, clock=lambda: time.time() + offset[0]
+        )
+        first = (await block.read()).t0
+        stamps = [(await block.read()).t0 for _ in range(3)]
+        # Unpaced reads a moment apart: stamps are one chunk period apart, whatever the host did.
+        assert stamps == pytest.approx([first + 0.2, first + 0.4, first + 0.6])
+        offset[0] = 3600.0  # the clock-skew event
+        after = [(await block.read()).t0 for _ in range(2)]
+        assert after == pytest.approx([first + 3600.8, first + 3601.0], abs=0.05)
+        offset[0] = 3600.2  # under JUMP_S: scheduling noise, not a jump
+        assert (await block.read()).t0 == pytest.approx(first + 3601.2, abs=0.05)
 
     asyncio.run(main())
 

@@ -31,8 +31,8 @@ _RECORDS_METRIC = re.compile(r"^edgefleet_ingest_records_total\{[^}]*\}\s+([0-9.
 class CloudView(Protocol):
     """The cloud's facts the invariants need."""
 
-    def device_keys(self, device_id: str) -> list[tuple[str, int]]:
-        """(boot_id, seq) of every record the cloud stored for a device, over all tables."""
+    def device_keys(self, device_id: str) -> dict[str, list[tuple[str, int]]]:
+        """(boot_id, seq) of every record the cloud stored for a device, per table."""
         ...
 
     def assignments(self, limit: int = 1000) -> list[Assignment]:
@@ -54,9 +54,9 @@ class StoreView:
     def __init__(self, store: TelemetryStore) -> None:
         self.store = store
 
-    def device_keys(self, device_id: str) -> list[tuple[str, int]]:
-        """(boot_id, seq) of every stored record of a device, over all tables."""
-        return [k for table in TABLES for k in self.store.record_keys(table, device_id)]
+    def device_keys(self, device_id: str) -> dict[str, list[tuple[str, int]]]:
+        """(boot_id, seq) of every stored record of a device, per table."""
+        return {table: self.store.record_keys(table, device_id) for table in TABLES}
 
     def assignments(self, limit: int = 1000) -> list[Assignment]:
         """Assignments, newest first."""
@@ -98,9 +98,9 @@ class ApiView:
             raise SimulationError(f"--cloud {self.url}: /healthz answered {health!r}")
         return health
 
-    def device_keys(self, device_id: str) -> list[tuple[str, int]]:
-        """(boot_id, seq) of a device's records in every table, one request per table."""
-        keys: list[tuple[str, int]] = []
+    def device_keys(self, device_id: str) -> dict[str, list[tuple[str, int]]]:
+        """(boot_id, seq) of a device's records per table, one request per table."""
+        keys: dict[str, list[tuple[str, int]]] = {}
         for table in TABLES:
             rows = self.client.request(
                 "GET", f"/v1/telemetry/{table}?device={quote(device_id)}&limit={API_PAGE}"
@@ -111,7 +111,7 @@ class ApiView:
                     f"{self.url}: too many to check through its API; run shorter or use "
                     "--with-cloud"
                 )
-            keys.extend((str(r["boot_id"]), int(r["seq"])) for r in rows)
+            keys[table] = [(str(r["boot_id"]), int(r["seq"])) for r in rows]
         return keys
 
     def assignments(self, limit: int = 1000) -> list[Assignment]:

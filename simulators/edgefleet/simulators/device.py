@@ -105,6 +105,11 @@ class DeviceResult:
     replays: int
     resends: int
     chunks: int
+    # Samples the source handed to the agent over every boot, and (publish_readings devices)
+    # the reading records still in the outbox at the end.
+    samples: int = 0
+    publish_readings: bool = False
+    left_readings: int = 0
     error: str | None = None
 
 
@@ -124,7 +129,7 @@ class SimDevice:
         self.drift: Drift | None = None
         self.delay_s = 0.0
         self.error: str | None = None
-        self._published = self._replays = self._resends = self._chunks = 0
+        self._published = self._replays = self._resends = self._chunks = self._samples = 0
 
     # ------------------------------------------------------------------ set-up
 
@@ -177,7 +182,12 @@ class SimDevice:
         paced = 0
         if p.source == "serial":
             inner = await BridgeSource(
-                seed, rate_hz=p.rate_hz, chunk=p.chunk, signal=p.signal, variation=p.variation
+                seed,
+                rate_hz=p.rate_hz,
+                chunk=p.chunk,
+                signal=p.signal,
+                variation=p.variation,
+                clock=self.clock.now,
             ).start()
         else:
             # Unpaced: the FleetSource paces it (one timer per chunk, woken early by finish()).
@@ -315,6 +325,7 @@ class SimDevice:
             self._resends += c.resends
         if self.source is not None:
             self._chunks += self.source.chunks
+            self._samples += self.source.samples
 
     async def stop(self) -> None:
         """Clean shutdown: flush, publish "offline", DISCONNECT."""
@@ -335,12 +346,15 @@ class SimDevice:
         boots: dict[str, int] = {}
         dropped = 0
         left: list[tuple[str, int]] = []
+        left_readings = 0
         if path.exists():
             box = Outbox(path, readonly=True)
             try:
                 stats = box.stats()
                 boots, dropped = dict(stats.boots), stats.drops
-                left = [(r.boot_id, r.seq) for r in box.read_after(0, stats.depth + 1)]
+                rows = box.read_after(0, stats.depth + 1)
+                left = [(r.boot_id, r.seq) for r in rows]
+                left_readings = sum(r.stream == "readings" for r in rows)
             finally:
                 box.close()
         return DeviceResult(
@@ -354,5 +368,8 @@ class SimDevice:
             replays=self._replays,
             resends=self._resends,
             chunks=self._chunks,
+            samples=self._samples,
+            publish_readings=self.plan.publish_readings,
+            left_readings=left_readings,
             error=self.error,
         )

@@ -4,6 +4,11 @@
 its outbox file (a seq exists only once its record is durably in the outbox, so a power cut
 never leaves a hole). Records still queued in memory at a crash never got a seq; they are
 reported as ``unsaved_at_crash`` (the agent's documented loss window), not as produced.
+
+Seqs alone cannot show a reading lost between the source and the outbox (it never got one).
+For devices that publish their raw readings (one record per sample), the samples their source
+handed to the agent are checked too: every one must be a reading record the cloud stored or
+the outbox still holds, unless a counted drop or crash loss explains it.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ class DeviceCheck:
     wills_expected: int
     wills_seen: int
     unsaved_at_crash: int
+    samples: int
+    readings_stored: int
+    samples_unaccounted: int
     published_messages: int
     replays: int
     resends: int
@@ -48,6 +56,7 @@ class DeviceCheck:
             and self.duplicates == 0
             and self.unknown == 0
             and self.wills_seen == self.wills_expected
+            and self.samples_unaccounted == 0
             and self.error is None
         )
 
@@ -91,14 +100,24 @@ def check_device(
     simulator did not start may hold the same device ids from earlier runs (boot ids are
     unique per boot, so a record of this run's boots is never mistaken for an old one).
     """
-    stored: Counter[tuple[str, int]] = Counter(cloud.device_keys(result.device_id))
+    by_table = cloud.device_keys(result.device_id)
     if this_run_only:
-        stored = Counter({k: n for k, n in stored.items() if k[0] in result.boots})
+        by_table = {t: [k for k in keys if k[0] in result.boots] for t, keys in by_table.items()}
+    stored: Counter[tuple[str, int]] = Counter(k for keys in by_table.values() for k in keys)
     produced = {(b, s) for b, last in result.boots.items() for s in range(1, last + 1)}
     left = set(result.left)
     stored_keys = set(stored)
     missing = produced - stored_keys - left
     expected = [c for c in result.crashes if c.connected]
+    unsaved = sum(c.unsaved for c in result.crashes)
+    readings = len(set(by_table.get("readings", ())))
+    unaccounted = 0
+    if result.publish_readings:
+        # Each sample is one reading record: stored or still queued in the outbox, or else
+        # explained by a drop (any table's) or by the records unsaved at a crash.
+        have = readings + result.left_readings
+        unaccounted = max(0, result.samples - have - result.dropped - unsaved)
+        unaccounted += max(0, have - result.samples)
     return DeviceCheck(
         device_id=result.device_id,
         group=result.group,
@@ -116,7 +135,10 @@ def check_device(
         crashes=len(result.crashes),
         wills_expected=len(expected),
         wills_seen=sum((result.device_id, c.boot_id) in wills for c in expected),
-        unsaved_at_crash=sum(c.unsaved for c in result.crashes),
+        unsaved_at_crash=unsaved,
+        samples=result.samples,
+        readings_stored=readings,
+        samples_unaccounted=unaccounted,
         published_messages=result.published_messages,
         replays=result.replays,
         resends=result.resends,
@@ -173,6 +195,16 @@ def check_run(
             f"produced {produced}, stored {stored}, dropped {c.total('dropped')}, "
             f"in outboxes {c.total('left_in_outbox')}, lost {c.total('lost')}, "
             f"unknown {c.total('unknown')}",
+        )
+    )
+    readers = [d for d, r in zip(c.devices, results, strict=True) if r.publish_readings]
+    c.invariants.append(
+        Invariant(
+            "every sample read is a reading record (stored, queued, dropped or unsaved)",
+            all(d.samples_unaccounted == 0 for d in readers),
+            f"{sum(d.samples for d in readers)} samples read by {len(readers)} devices that "
+            f"publish readings, {sum(d.readings_stored for d in readers)} stored, "
+            f"{sum(d.samples_unaccounted for d in readers)} unaccounted",
         )
     )
     c.invariants.append(

@@ -23,15 +23,20 @@ from edgefleet.signals import Drift, make_signal
 # A seeded signal is drawn at least this many samples at a time (whole chunks): a 1 Hz device
 # would otherwise pay numpy's per-call overhead (tens of microseconds) for every sample.
 BLOCK_SAMPLES = 32
+# A change of the wall clock against the monotonic one larger than this is a jump (a clock-skew
+# event, an NTP step), not scheduling jitter: the stamps of later samples follow it.
+JUMP_S = 0.5
 
 
 class BlockSource:
     """A seeded :mod:`edgefleet.signals` generator, drawn in blocks, handed out a chunk per read.
 
     Stamps like the agent's ``SimulatedSource``: the first sample at the wall-clock time of the
-    first read, then one sample period apart. Unpaced: :class:`FleetSource` paces it. A drift
-    discards the rest of the block, so it applies from the next chunk on (the waveform skips
-    ahead by at most one block at that instant).
+    first read, then one sample period apart. When the wall clock jumps (a clock-skew event:
+    the device's ``clock`` moves against the monotonic clock by more than ``JUMP_S``), the
+    stamps move with it from the next chunk on, as a sensor stamped by that clock would. Unpaced:
+    :class:`FleetSource` paces it. A drift discards the rest of the block, so it applies from
+    the next chunk on (the waveform skips ahead by at most one block at that instant).
     """
 
     def __init__(
@@ -55,6 +60,19 @@ class BlockSource:
         self._pos = 0
         self._sent = 0
         self._t0: float | None = None
+        self._wall_minus_mono = 0.0
+
+    def _stamp(self) -> float:
+        """The next chunk's first stamp, re-based when the device's wall clock has jumped."""
+        wall, mono = self._clock(), time.monotonic()
+        if self._t0 is None:
+            self._t0, self._wall_minus_mono = wall, wall - mono
+            return wall
+        jump = (wall - mono) - self._wall_minus_mono
+        if abs(jump) > JUMP_S:
+            self._t0 += jump
+            self._wall_minus_mono += jump
+        return self._t0 + self._sent / self.rate_hz
 
     def set_drift(self, drift: Drift | None) -> None:
         """Apply (or remove) drift from the next chunk on."""
@@ -63,14 +81,12 @@ class BlockSource:
 
     async def read(self) -> Chunk:
         """The next chunk, at once."""
-        if self._t0 is None:
-            self._t0 = self._clock()
+        t0 = self._stamp()
         if self._pos >= len(self._buf):
             self._buf = self._signal.read(self._block)
             self._pos = 0
         samples = self._buf[self._pos : self._pos + self._chunk].copy()
         self._pos += self._chunk
-        t0 = self._t0 + self._sent / self.rate_hz
         self._sent += self._chunk
         return Chunk(t0, samples)
 
@@ -202,6 +218,8 @@ class FleetSource:
         self.rate_hz = inner.rate_hz
         self.delay_s = 0.0
         self.chunks = 0
+        # Samples handed to the agent (what a publish_readings device must account for).
+        self.samples = 0
         self._paced_chunk = paced_chunk
         self._start = start
         self._phase_s = phase_s
@@ -267,6 +285,7 @@ class FleetSource:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         self.chunks += 1
+        self.samples += len(chunk.samples)
         return chunk
 
     async def _unpaced(self) -> Chunk | None:
