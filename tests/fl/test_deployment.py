@@ -10,6 +10,7 @@ import contextlib
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.fl_fleet import Fleet, fill_agent_db, vibration_windows
@@ -17,6 +18,7 @@ from support.fl_fleet import Fleet, fill_agent_db, vibration_windows
 from edgefleet.cloud.fl.handoff import REJECTED, hand_off
 from edgefleet.cloud.fl.outcome import run_on_superlink
 from edgefleet.cloud.fl.prepare import prepare_run
+from edgefleet.cloud.fl.rounds import load_weights, read_rounds
 from edgefleet.cloud.fl.settings import RunSettings
 from edgefleet.cloud.fl.superlink import SuperLink
 from edgefleet.cloud.registry import ModelRegistry
@@ -110,6 +112,11 @@ def test_round_below_quorum_is_skipped_and_model_unchanged(tmp_path):
             run_on_superlink(settings, fleet.link, timeout=120)
     finally:
         fleet.stop()
+    # The ServerApp still saved its final weights: the initial ones, untouched.
+    result, initial = load_weights(settings.result_path), load_weights(settings.initial_path)
+    assert len(result) == len(initial)
+    assert all(np.array_equal(a, b) for a, b in zip(result, initial, strict=True))
+    assert [r["status"] for r in read_rounds(settings.rounds_path)] == ["skipped"]
 
 
 @pytest.mark.slow(seconds=25)

@@ -22,6 +22,7 @@ from edgefleet.cloud.assignments import Assigner
 from edgefleet.cloud.errors import NoTargets, NotFound
 from edgefleet.cloud.fl.errors import FlSettingsError
 from edgefleet.cloud.fl.journal import RunJournal
+from edgefleet.cloud.fl.schedule import SCHEDULE_FILE, FlSchedule, FlScheduler, load_schedule
 from edgefleet.cloud.fl.settings import STRATEGIES, DpSettings, RunSettings
 from edgefleet.cloud.node import CloudNode
 from edgefleet.cloud.publisher import CommandPublisher
@@ -42,7 +43,8 @@ class FlServiceSettings:
 
     ``public_address`` is what devices dial (default ``host:port``); ``port = 0`` takes a free
     port per run. Without ``signing_key`` the result is kept in the run directory but not
-    registered (registering needs a key the fleet trusts).
+    registered (registering needs a key the fleet trusts). ``schedule``: runs started every
+    N minutes while enough devices are online (:mod:`edgefleet.cloud.fl.schedule`).
     """
 
     workdir: Path
@@ -51,6 +53,8 @@ class FlServiceSettings:
     public_address: str | None = None
     signing_key: Path | None = None
     margin: float = 0.02
+    # Runs the cloud starts by itself, besides those in <workdir>/schedule.toml (schedule.py).
+    schedule: tuple[FlSchedule, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +207,8 @@ class FlService:
         self._threads: dict[str, threading.Thread] = {}
         self._links: dict[str, Any] = {}
         self._lock = threading.Lock()
+        schedule = settings.schedule + load_schedule(settings.workdir / SCHEDULE_FILE)
+        self.scheduler = FlScheduler(self, schedule).start() if schedule else None
 
     # ------------------------------------------------------------------ API
 
@@ -295,7 +301,9 @@ class FlService:
         return self.get(run_id)
 
     def close(self) -> None:
-        """Stop every SuperLink still running (their runs fail)."""
+        """Stop the schedule and every SuperLink still running (their runs fail)."""
+        if self.scheduler is not None:
+            self.scheduler.stop()
         with self._lock:
             links = list(self._links.values())
         for link in links:
