@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgefleet.protocol.bundle import VerifiedBundle
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Few epochs and the small datasets: enough to meet every parity bar, fast on 2 cores.
@@ -115,6 +117,31 @@ def _build(name: str, out: Path, key: Path) -> None:
         keras=trained.test_outputs,
     )
     trained.save(out / "trained")
+
+
+def run_raw(bundle: VerifiedBundle, x: np.ndarray) -> np.ndarray:
+    """Run ``x`` one sample at a time with the runtime library itself, as a device would."""
+    rows = []
+    if bundle.manifest.runtime == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+
+        interp = Interpreter(model_path=str(bundle.model_path), num_threads=1)
+        interp.allocate_tensors()
+        inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+        assert inp["name"] == bundle.manifest.inputs[0].name
+        for row in x:
+            interp.set_tensor(inp["index"], row[None].astype(np.float32))
+            interp.invoke()
+            rows.append(interp.get_tensor(out["index"]).copy())
+    else:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(bundle.model_path), providers=["CPUExecutionProvider"])
+        name = bundle.manifest.inputs[0].name
+        assert sess.get_inputs()[0].name == name
+        for row in x:
+            rows.append(sess.run(None, {name: row[None].astype(np.float32)})[0])
+    return np.concatenate(rows)
 
 
 def shared_zoo(run_root: Path) -> Zoo:

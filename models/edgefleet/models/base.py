@@ -20,6 +20,8 @@ class Dataset:
 
     ``x_*`` are exactly what the exported model takes (already standardised and shaped).
     ``y_test`` holds class indices for classifiers and 0/1 (normal/anomalous) for anomaly models.
+    ``x_val`` (anomaly models) holds normal inputs of devices in neither split: the threshold
+    is set there, so the held-out split still tests it.
     """
 
     x_train: Array
@@ -30,6 +32,7 @@ class Dataset:
     preprocessing: Preprocessing
     source: str
     extra: dict[str, Any] = field(default_factory=dict)
+    x_val: Array | None = None
 
     def __post_init__(self) -> None:
         if len(self.x_test) != len(self.y_test):
@@ -73,7 +76,7 @@ class ReferenceModel(Protocol):
         ...
 
     def postprocessing(self, scores_on_normal: Array) -> Postprocessing:
-        """How the device reads the output; anomaly models set the threshold from normal data."""
+        """How the device reads the output; anomaly models set the threshold from ``x_val``."""
         ...
 
     def evaluate(self, outputs: Array, data: Dataset) -> dict[str, float]:
