@@ -65,6 +65,11 @@ def test_bench_reports_latency(zoo: Zoo) -> None:
     assert "p50" in result.output
     assert "p95" in result.output
     assert "int8" in result.output
+    model_bytes = (bundle / "model.tflite").stat().st_size
+    bundle_bytes = sum(p.stat().st_size for p in bundle.iterdir() if p.is_file())
+    assert f"model {model_bytes} B" in result.output
+    assert f"bundle {bundle_bytes} B" in result.output
+    assert bundle_bytes > model_bytes
 
 
 def test_unknown_model_and_bad_options_are_refused(

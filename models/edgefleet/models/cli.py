@@ -194,17 +194,20 @@ def bench(
     with _opened(bundle) as directory:
         m = read_manifest(directory)
         runner = load_runner(m.runtime, directory / m.model_file, threads=threads)
+        model_bytes = (directory / m.model_file).stat().st_size
+        bundle_bytes = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
         table = Table(
             "batch",
             "p50 µs",
             "p95 µs",
             "µs/sample",
-            title=f"{m.ref} ({m.runtime}, "
-            f"{m.quantization}, {(directory / m.model_file).stat().st_size} B)",
+            title=f"{m.ref} ({m.runtime}, {m.quantization})",
         )
         for b in batch or [1]:
             lat = measure(runner, sample_batch(m.inputs[0].shape, b), runs=runs)
             table.add_row(
                 str(b), f"{lat.p50_us:.1f}", f"{lat.p95_us:.1f}", f"{lat.per_sample_us:.2f}"
             )
-    Console().print(table)
+    console = Console(soft_wrap=True)
+    console.print(table)
+    console.print(f"size: model {model_bytes} B, bundle {bundle_bytes} B")
