@@ -59,13 +59,22 @@ def test_a_damaged_record_is_skipped_and_the_others_load(tmp_path: Path, caplog)
         "fl-broken": "{not json",
         "fl-old": json.dumps({"format": 99, "id": "fl-old"}),
         "fl-partial": json.dumps({"format": 1, "id": "fl-partial"}),
+        # A request this version refuses (Flower rejects this noise for 2 clients).
+        "fl-refused": json.dumps(
+            {
+                "format": 1,
+                "id": "fl-refused",
+                "devices": [],
+                "request": {"model": "digits", "dp": "server-adaptive", "dp_noise": 0.5},
+            }
+        ),
     }.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "run.json").write_text(text)
     with caplog.at_level(logging.WARNING, logger="edgefleet.cloud.fl.journal"):
         loaded = list(journal.load())
     assert [r.id for r in loaded] == [good.id]
-    assert sum("unreadable" in r.message for r in caplog.records) == 3
+    assert sum("unreadable" in r.message for r in caplog.records) == 4
     assert (tmp_path / "fl-broken" / "run.json").read_text() == "{not json"  # left for a human
 
 

@@ -18,6 +18,8 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgefleet.protocol.errors import EdgefleetError
+
 if TYPE_CHECKING:
     from edgefleet.cloud.fl.service import FlRun
 
@@ -57,8 +59,9 @@ class RunJournal:
         for path in sorted(self.root.glob(f"*/{RECORD}")):
             try:
                 run = _from_record(json.loads(path.read_text()))
-            except (OSError, ValueError, TypeError, KeyError) as exc:
-                # One damaged record must not hide the others, nor stop the cloud.
+            except (OSError, ValueError, TypeError, KeyError, EdgefleetError) as exc:
+                # One damaged record must not hide the others, nor stop the cloud (nor one
+                # whose request this version refuses, say a krum run with too few clients).
                 log.warning("federated run record %s is unreadable (%s); skipping it", path, exc)
                 continue
             if not run.done:
