@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import random
 import select
 import shutil
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ import pytest
 from support.pty_tools import collect, raw_pty
 
 from edgefleet.firmware_bridge.decoder import FrameDecoder
+from edgefleet.firmware_bridge.emulator import EmulatorConfig, McuEmulator
 from edgefleet.firmware_bridge.errors import FrameError
 from edgefleet.firmware_bridge.frames import decode_frame, encode_frame, encode_raw, pack_frame
 from edgefleet.firmware_bridge.link import SerialLink
@@ -278,6 +281,72 @@ def test_c_frames_equal_python_encodings_and_c_nacks_and_dedupes(ef_host: Path, 
         ]
     finally:
         os.close(port)
+
+
+F32 = struct.Struct("<f")
+# Command frames whose payload does not parse, each with the NACK the C firmware answers.
+BAD_COMMANDS: list[tuple[bytes, Nack]] = [
+    (bytes([CommandCode.ACTUATOR, 1]) + F32.pack(math.nan), Nack(20, 0x02, NackCode.BAD_ARGS)),
+    (bytes([CommandCode.ACTUATOR, 0]) + F32.pack(-math.inf), Nack(21, 0x02, NackCode.BAD_ARGS)),
+    (bytes([CommandCode.SET_RATE]) + F32.pack(math.nan), Nack(22, 0x01, NackCode.BAD_ARGS)),
+    (bytes([CommandCode.SET_RATE]) + F32.pack(2e4), Nack(23, 0x01, NackCode.BAD_ARGS)),
+    (bytes([CommandCode.SET_RATE, 1, 2]), Nack(24, 0x01, NackCode.MALFORMED)),
+    (bytes([CommandCode.PING, 0]), Nack(25, 0x04, NackCode.MALFORMED)),
+    (bytes([0x09]), Nack(26, 0x09, NackCode.UNKNOWN_COMMAND)),
+    (b"", Nack(27, 0x00, NackCode.MALFORMED)),
+]
+
+
+def bad_command_frames() -> list[bytes]:
+    frames = [encode_raw(pack_frame(MsgType.COMMAND, n.acked_seq, p)) for p, n in BAD_COMMANDS]
+    return [*frames, frames[-1]]  # a resend of the last: answered again, not run again
+
+
+def read_replies(fd: int, count: int, timeout: float = 10.0) -> list[Ack | Nack]:
+    """The next ``count`` ACK/NACK messages from ``fd`` (sample and status frames skipped)."""
+    dec = FrameDecoder()
+    out: list[Ack | Nack] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < count:
+        left = deadline - time.monotonic()
+        assert left > 0, f"only {out} of {count} replies arrived"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            out += [m for m in dec.feed(os.read(fd, 65536)) if isinstance(m, Ack | Nack)]
+    return out
+
+
+def test_c_and_the_emulator_nack_bad_commands_alike(ef_host: Path, c_mcu) -> None:
+    master, path, procs = c_mcu
+    want = [n for _p, n in BAD_COMMANDS] + [BAD_COMMANDS[-1][1]]
+    port = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    try:
+        procs.append(start_c(ef_host, master, 0))
+        for wire in bad_command_frames():
+            os.write(port, wire)
+        assert read_replies(port, len(want)) == want
+        os.write(port, encode_frame(Reboot(), 30))
+        out, _ = procs[0].communicate(timeout=10)
+        assert out.splitlines()[-1] == "cmd reboot"
+        assert "dup seq=27" in out.splitlines()
+    finally:
+        os.close(port)
+
+    async def emulated() -> list[Ack | Nack]:
+        async with McuEmulator(EmulatorConfig(rate_hz=50, batch=5)) as mcu:
+            fd = os.open(mcu.path, os.O_RDWR | os.O_NOCTTY)
+            try:
+                for wire in bad_command_frames():
+                    os.write(fd, wire)
+                replies = await asyncio.to_thread(read_replies, fd, len(want))
+            finally:
+                os.close(fd)
+            assert mcu.stats.nacks == len(BAD_COMMANDS)
+            assert mcu.stats.duplicate_commands == 1
+            assert mcu.commands == []  # nothing was run
+            return replies
+
+    assert asyncio.run(asyncio.wait_for(emulated(), 30)) == want
 
 
 def test_arduino_sketch_compiles_against_the_library(tmp_path: Path) -> None:

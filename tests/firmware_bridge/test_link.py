@@ -286,6 +286,24 @@ def test_close_ends_iteration_and_refuses_commands() -> None:
     run(main())
 
 
+def test_frames_the_mcu_could_not_send_are_reported_in_its_status() -> None:
+    cfg = EmulatorConfig(rate_hz=MAX_RATE_HZ, channels=8, batch=10, status_every=0.2)
+
+    async def main() -> None:
+        async with McuEmulator(cfg) as mcu:
+            # Nobody reads the port: the pty's buffer fills and, like a USB CDC device, the
+            # MCU drops whole frames instead of blocking.
+            await wait_until(lambda: mcu.stats.frames_dropped > 0, what="a full transmit buffer")
+            async with SerialLink(mcu.path) as link:
+                got = await collect(
+                    link, lambda r: any(isinstance(x, Status) and x.tx_dropped for x in r)
+                )
+            status = next(x for x in got if isinstance(x, Status) and x.tx_dropped)
+            assert 0 < status.tx_dropped <= mcu.stats.frames_dropped
+
+    run(main())
+
+
 def test_slow_consumer_loses_the_oldest_readings_counted() -> None:
     async def main() -> None:
         async with (

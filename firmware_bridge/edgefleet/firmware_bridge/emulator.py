@@ -24,6 +24,7 @@ from typing import Final, Literal, Self
 
 from edgefleet.firmware_bridge.base import SampleSource
 from edgefleet.firmware_bridge.decoder import FrameDecoder
+from edgefleet.firmware_bridge.errors import FrameError, PayloadInvalid
 from edgefleet.firmware_bridge.frames import DELIMITER, SEQ_MODULO, Frame, encode_frame
 from edgefleet.firmware_bridge.lines import ChannelMap
 from edgefleet.firmware_bridge.messages import (
@@ -33,6 +34,7 @@ from edgefleet.firmware_bridge.messages import (
     Ack,
     CommandCode,
     Message,
+    MsgType,
     Nack,
     NackCode,
     Ping,
@@ -102,9 +104,11 @@ class EmulatorStats:
     frames: int = 0
     bytes_sent: int = 0
     bytes_dropped: int = 0
-    tx_dropped: int = 0
+    tx_dropped: int = 0  # bytes
+    frames_dropped: int = 0  # frames not (wholly) sent, reported in each status as tx_dropped
     garbage_bytes: int = 0
     commands: int = 0
+    nacks: int = 0
     duplicate_commands: int = 0
     unplugs: int = 0
 
@@ -151,7 +155,7 @@ class McuEmulator:
         self._boot = time.monotonic()
         self._booted = True
         self._last_cmd: tuple[int, Ack | Nack] | None = None
-        self._cmd_decoder = FrameDecoder()
+        self._cmd_decoder = FrameDecoder(on_error=self._on_bad_frame)
         self._tasks: list[asyncio.Task[None]] = []
         self._skip = self._next_drop()
 
@@ -260,10 +264,11 @@ class McuEmulator:
         out += data[pos:]
         return bytes(out)
 
-    def _send_raw(self, data: bytes) -> None:
+    def _send_raw(self, data: bytes) -> bool:
+        """Write ``data`` as a USB CDC device would; False when not all of it went out."""
         if self._master is None:
             self.stats.tx_dropped += len(data)
-            return
+            return False
         try:
             n = os.write(self._master, data)
         except BlockingIOError:
@@ -272,6 +277,7 @@ class McuEmulator:
             n = 0
         self.stats.bytes_sent += n
         self.stats.tx_dropped += len(data) - n
+        return n == len(data)
 
     def send(self, message: Message) -> int:
         """Send ``message`` as the next frame (with injected loss); returns its seq."""
@@ -283,7 +289,8 @@ class McuEmulator:
             self.sent[seq] = frame
             while len(self.sent) > self.config.history:
                 self.sent.popitem(last=False)
-        self._send_raw(self._lossy(frame))
+        if not self._send_raw(self._lossy(frame)):
+            self.stats.frames_dropped += 1
         return seq
 
     def _sample(self) -> tuple[float, ...]:
@@ -344,7 +351,7 @@ class McuEmulator:
         uptime = int((time.monotonic() - self._boot) * 1000) % (1 << 32)
         flags = STATUS_FLAG_BOOT if self._booted else 0
         self._booted = False
-        self.send(Status(uptime, self.rate_hz, min(self.stats.tx_dropped, 2**32 - 1), flags))
+        self.send(Status(uptime, self.rate_hz, self.stats.frames_dropped % 2**32, flags))
 
     async def _sampler(self) -> None:
         loop = asyncio.get_running_loop()
@@ -399,29 +406,46 @@ class McuEmulator:
         for frame in self._cmd_decoder.feed_frames(data):
             self._execute(frame)
 
+    def _answered(self, seq: int) -> bool:
+        """True when the command in frame ``seq`` needs no (new) run: deaf, or a resend."""
+        if self.deaf_commands > 0:
+            self.deaf_commands -= 1
+            return True
+        if self._last_cmd is not None and self._last_cmd[0] == seq:
+            # A resent command whose ack got lost: answer again, do not run it twice.
+            self.stats.duplicate_commands += 1
+            self._reply(self._last_cmd[1])
+            return True
+        return False
+
+    def _on_bad_frame(self, error: FrameError) -> None:
+        # As the C firmware does, a command frame that passed the CRC but whose payload does
+        # not parse (unknown code, wrong length, NaN) is NACKed, so the host learns why.
+        if not isinstance(error, PayloadInvalid) or error.seq is None:
+            return
+        if error.msg_type != MsgType.COMMAND or self._answered(error.seq):
+            return
+        self._refuse(Nack(error.seq, error.command, error.nack))
+
+    def _refuse(self, nack: Nack) -> None:
+        self.stats.nacks += 1
+        self._last_cmd = (nack.acked_seq, nack)
+        self._reply(nack)
+
     def _execute(self, frame: Frame) -> None:
         cmd = frame.message
         if not isinstance(cmd, SetSampleRate | SetActuator | Reboot | Ping):
             return
-        if self.deaf_commands > 0:
-            self.deaf_commands -= 1
-            return
-        if self._last_cmd is not None and self._last_cmd[0] == frame.seq:
-            # A resent command whose ack got lost: ack again, do not run it twice.
-            self.stats.duplicate_commands += 1
-            self._reply(self._last_cmd[1])
+        if self._answered(frame.seq):
             return
         self.stats.commands += 1
         self.commands.append(cmd)
-        reply: Ack | Nack
         if isinstance(cmd, SetActuator) and cmd.index >= ACTUATORS:
-            reply = Nack(frame.seq, CommandCode.ACTUATOR, NackCode.BAD_ARGS)
-        else:
-            reply = Ack(frame.seq, _code(cmd))
+            self._refuse(Nack(frame.seq, CommandCode.ACTUATOR, NackCode.BAD_ARGS))
+            return
+        reply = Ack(frame.seq, _code(cmd))
         self._last_cmd = (frame.seq, reply)
         self._reply(reply)
-        if isinstance(reply, Nack):
-            return
         if isinstance(cmd, SetSampleRate):
             self.rate_hz = cmd.hz
         elif isinstance(cmd, SetActuator):

@@ -60,9 +60,21 @@ class UnknownMessageType(FrameError):
 
 
 class PayloadInvalid(FrameError):
-    """The payload passed the CRC but does not parse as its message type (a firmware bug)."""
+    """The payload passed the CRC but does not parse as its message type (a firmware bug).
+
+    The header passed the CRC too, so ``seq`` and ``msg_type`` name the frame once it was read.
+    For a command, ``command`` is its code byte and ``nack`` the NACK code an MCU answers with
+    (0x01 bad arguments, 0x02 unknown command, 0x04 malformed; docs/serial-protocol.md).
+    """
 
     reason = "bad-payload"
+
+    def __init__(self, message: str, *, command: int = 0, nack: int = 0x04) -> None:
+        super().__init__(message)
+        self.command = command
+        self.nack = nack
+        self.seq: int | None = None
+        self.msg_type: int | None = None
 
 
 class MalformedLine(ProtocolError, BridgeError):

@@ -25,6 +25,7 @@ from edgefleet.firmware_bridge.errors import (
     CrcMismatch,
     FrameTooLong,
     LengthMismatch,
+    PayloadInvalid,
     TruncatedFrame,
     UnknownMessageType,
     UnsupportedVersion,
@@ -105,7 +106,13 @@ def unpack_frame(raw: bytes) -> Frame:
     if type_byte not in _KNOWN_TYPES:
         raise UnknownMessageType(f"unknown message type 0x{type_byte:02x}")
     msg_type = MsgType(type_byte)
-    return Frame(seq, msg_type, decode_payload(msg_type, body[HEADER_SIZE:]), version)
+    try:
+        message = decode_payload(msg_type, body[HEADER_SIZE:])
+    except PayloadInvalid as exc:
+        # The CRC vouched for the header: a receiver can still answer this frame (a NACK).
+        exc.seq, exc.msg_type = seq, msg_type
+        raise
+    return Frame(seq, msg_type, message, version)
 
 
 def decode_frame(encoded: bytes) -> Frame:

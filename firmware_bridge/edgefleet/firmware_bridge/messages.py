@@ -321,22 +321,36 @@ def _dec_log(p: bytes) -> LogLine:
 
 
 def _dec_command(p: bytes) -> Command:
+    # Each refusal names the NACK code the C firmware answers with (efproto.c ef_parse_command).
     if not p:
         raise PayloadInvalid("a command payload needs at least its command byte")
     code, args = p[0], p[1:]
     try:
         if code == CommandCode.SET_RATE:
-            _exact(args, _F32.size, "set-rate")
+            _command_args(code, args, _F32.size, "set-rate")
             return SetSampleRate(_F32.unpack(args)[0])
         if code == CommandCode.ACTUATOR:
-            _exact(args, _ACTUATOR.size, "actuator")
+            _command_args(code, args, _ACTUATOR.size, "actuator")
             return SetActuator(*_ACTUATOR.unpack(args))
         if code in (CommandCode.REBOOT, CommandCode.PING):
-            _exact(args, 0, "reboot/ping")
+            _command_args(code, args, 0, "reboot/ping")
             return Reboot() if code == CommandCode.REBOOT else Ping()
-    except ValueError as exc:
-        raise PayloadInvalid(f"command 0x{code:02x} has bad arguments: {exc}") from None
-    raise PayloadInvalid(f"unknown command code 0x{code:02x}")
+    except ValueError as exc:  # the values' own checks; PayloadInvalid is no ValueError
+        raise PayloadInvalid(
+            f"command 0x{code:02x} has bad arguments: {exc}", command=code, nack=NackCode.BAD_ARGS
+        ) from None
+    raise PayloadInvalid(
+        f"unknown command code 0x{code:02x}", command=code, nack=NackCode.UNKNOWN_COMMAND
+    )
+
+
+def _command_args(code: int, args: bytes, size: int, what: str) -> None:
+    if len(args) != size:
+        raise PayloadInvalid(
+            f"{what} arguments are {len(args)} bytes, expected {size}",
+            command=code,
+            nack=NackCode.MALFORMED,
+        )
 
 
 def _dec_ack(p: bytes) -> Ack:

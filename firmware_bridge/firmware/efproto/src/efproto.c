@@ -1,6 +1,7 @@
 /* efproto: allocation-free encoder/decoder of the edgefleet serial protocol (see efproto.h). */
 #include "efproto.h"
 
+#include <math.h>
 #include <string.h>
 
 uint32_t ef_crc32_update(uint32_t crc, const uint8_t *data, size_t len) {
@@ -315,6 +316,8 @@ int ef_parse_command(const uint8_t *payload, uint16_t len, ef_command *cmd) {
         if (len != 6) return EF_NACK_MALFORMED;
         cmd->index = payload[1];
         cmd->value = ef_get_f32(payload + 2);
+        /* A sketch turns the value into a duty cycle: (int)NaN or (int)inf is undefined. */
+        if (!isfinite(cmd->value)) return EF_NACK_BAD_ARGS;
         return 0;
     case EF_CMD_REBOOT:
     case EF_CMD_PING:

@@ -137,7 +137,8 @@ typedef struct {
     float value;          /* EF_CMD_ACTUATOR */
 } ef_command;
 
-/* Parse a COMMAND frame's payload; returns 0 or an ef_nack_code to answer with. */
+/* Parse a COMMAND frame's payload; returns 0 or an ef_nack_code to answer with: MALFORMED for a
+ * wrong length, UNKNOWN_COMMAND, BAD_ARGS for a rate outside (0, 10000] or a non-finite value. */
 int ef_parse_command(const uint8_t *payload, uint16_t len, ef_command *cmd);
 
 #ifdef __cplusplus

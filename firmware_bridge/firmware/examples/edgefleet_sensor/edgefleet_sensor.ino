@@ -27,6 +27,7 @@ static uint8_t payload[EF_MAX_PAYLOAD];
 static float batch[EF_CHANNELS * EF_BATCH];
 static uint8_t filled;
 static uint16_t tx_seq;
+static uint32_t tx_dropped;  // frames not sent (USB buffer full), reported in each status
 static float rate_hz = 100.0f;
 static uint32_t period_us = 10000UL;
 static uint32_t next_sample_us;
@@ -61,6 +62,8 @@ static void send_frame(uint8_t type, const uint8_t *p, size_t len) {
   // and the bridge counts the gap in sequence numbers as lost frames.
   if (n > 0 && (size_t)Serial.availableForWrite() >= n) {
     Serial.write(wire, n);
+  } else {
+    tx_dropped++;
   }
 }
 
@@ -137,7 +140,8 @@ void loop() {
   if (millis() - last_status_ms >= 1000UL) {
     last_status_ms = millis();
     send_frame(EF_MSG_STATUS, payload,
-               ef_status_payload(last_status_ms, rate_hz, 0, status_flags, payload, sizeof payload));
+               ef_status_payload(last_status_ms, rate_hz, tx_dropped, status_flags, payload,
+                                 sizeof payload));
     status_flags = 0;
   }
 }
