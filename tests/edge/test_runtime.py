@@ -5,16 +5,17 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import msgspec
 import numpy as np
 import pytest
-from support.tiny_models import make_bundle
+from support.tiny_models import IN_QUANT, OUT_QUANT, int8_io_model, make_bundle
 
 from edgefleet.edge.errors import RuntimeUnavailable
 from edgefleet.edge.runtime import load_runtime, quantize
 from edgefleet.edge.runtime.base import dequantize
 from edgefleet.edge.runtime.litert import interpreter_class
-from edgefleet.protocol.bundle import verify_bundle
-from edgefleet.protocol.manifest import QuantParams
+from edgefleet.protocol.bundle import verify_bundle, write_bundle
+from edgefleet.protocol.manifest import QuantParams, TensorSpec
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +107,62 @@ def test_verified_bundle_loads(bundles, trusted_pub):
 
     b = verify_bundle(bundles["int8"].path, [load_public_key(trusted_pub)])
     assert load_runtime(b.path, b.manifest).input_shape == (1, 32, 3)
+
+
+@pytest.mark.parametrize("fmt", ["litert", "onnx"])
+def test_int8_io_model_runs_on_floats(fmt, bundles, tiny_zoo, tmp_path):
+    """Integer input/output tensors: Runtime.run quantizes in and dequantizes out."""
+    model_file = "model.tflite" if fmt == "litert" else "model.onnx"
+    path = int8_io_model(tiny_zoo, fmt, tmp_path / model_file)
+    if fmt == "litert":
+        it = interpreter_class()(model_path=str(path))
+        io = [it.get_input_details()[0]["dtype"], it.get_output_details()[0]["dtype"]]
+        assert io == [np.int8, np.int8]
+    else:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert [sess.get_inputs()[0].type, sess.get_outputs()[0].type] == ["tensor(int8)"] * 2
+    base = bundles["float" if fmt == "litert" else "onnx"].manifest
+    # LiteRT: scales from the model file; ONNX (no scales in its tensor types): the manifest's.
+    q_in, q_out = (None, None) if fmt == "litert" else (IN_QUANT, OUT_QUANT)
+    manifest = msgspec.structs.replace(
+        base,
+        quantization="int8",
+        inputs=[msgspec.structs.replace(base.inputs[0], dtype="int8", quantization=q_in)],
+        outputs=[
+            TensorSpec(name="scores", dtype="int8", shape=base.outputs[0].shape, quantization=q_out)
+        ],
+    )
+    rt = load_runtime(tmp_path, manifest)
+    float_rt = load_runtime(bundles["onnx"].path, bundles["onnx"].manifest)
+    x = tiny_zoo.golden_inputs
+    for i in range(len(x)):
+        y = rt.run(x[i : i + 1])
+        want = float_rt.run(x[i : i + 1])
+        assert y.dtype == np.float32
+        assert y.shape == (1, 2)
+        # Scores, not raw int8 codes: in [0, 1], summing to about 1, close to the float model.
+        assert np.all((y >= 0) & (y <= 1))
+        assert abs(float(y.sum()) - 1.0) < 0.05
+        assert np.max(np.abs(y - want)) < 0.25
+
+
+def test_runtime_override_serves_the_other_model_file(bundles, tiny_zoo, signing_key, tmp_path):
+    """``model.runtime = "onnx"`` on a LiteRT bundle that also ships an ONNX model file."""
+    src = bundles["float"]
+    dest = tmp_path / "both"
+    dest.mkdir()
+    for f in src.manifest.files:
+        (dest / f.path).write_bytes((src.path / f.path).read_bytes())
+    (dest / "model.onnx").write_bytes(tiny_zoo.onnx.read_bytes())
+    both = write_bundle(dest, src.manifest, signing_key, roles={"model.onnx": "model"})
+    default = load_runtime(both.path, both.manifest)
+    override = load_runtime(both.path, both.manifest, override="onnx")
+    assert (default.name, override.name) == ("litert", "onnx")
+    x = tiny_zoo.golden_inputs
+    np.testing.assert_allclose(override.run_batch(x), default.run_batch(x), atol=1e-5)
+    golden = both.golden()
+    assert golden is not None
+    out = override.run_feeds({k: np.asarray(v, np.float32) for k, v in golden.inputs.items()})
+    np.testing.assert_allclose(out["scores"], np.asarray(golden.outputs["scores"]), atol=1e-4)

@@ -102,6 +102,8 @@ def build_zoo(root: Path) -> TinyZoo:
 
     onnx_path = root / "tiny.onnx"
     _write_onnx(model, onnx_path)
+    # Kept for the rarer variants (int8 input/output), converted only when a test asks.
+    model.save(root / "tiny.keras")
     return TinyZoo(root, float_path, int8_path, onnx_path, _windows(4, seed=11))
 
 
@@ -139,6 +141,68 @@ def _write_onnx(model: object, path: Path) -> None:
     m.ir_version = 8
     onnx.checker.check_model(m)
     path.write_bytes(m.SerializeToString())
+
+
+# Quantization of the int8-I/O variants: inputs are standardised (|x| mostly < 6), outputs
+# are softmax scores in [0, 1].
+IN_QUANT = QuantParams(scale=[0.05], zero_point=[0])
+OUT_QUANT = QuantParams(scale=[1 / 256], zero_point=[-128])
+
+
+def int8_io_model(zoo: TinyZoo, fmt: str, dest: Path) -> Path:
+    """The tiny network with int8 input and output tensors (``litert`` or ``onnx``) at ``dest``.
+
+    LiteRT: converted from the saved Keras model with int8 inference I/O (the converter picks
+    the scales; they are in the model file). ONNX: the float graph between a
+    DequantizeLinear and a QuantizeLinear with ``IN_QUANT``/``OUT_QUANT``.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "onnx":
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        m = onnx.load(str(zoo.onnx))
+        g = m.graph
+        for node in g.node:
+            node.input[:] = ["window_f" if i == "window" else i for i in node.input]
+            node.output[:] = ["scores_f" if o == "scores" else o for o in node.output]
+        g.initializer.extend(
+            [
+                numpy_helper.from_array(np.array(IN_QUANT.scale[0], np.float32), "in_scale"),
+                numpy_helper.from_array(np.array(IN_QUANT.zero_point[0], np.int8), "in_zp"),
+                numpy_helper.from_array(np.array(OUT_QUANT.scale[0], np.float32), "out_scale"),
+                numpy_helper.from_array(np.array(OUT_QUANT.zero_point[0], np.int8), "out_zp"),
+            ]
+        )
+        g.node.insert(
+            0, helper.make_node("DequantizeLinear", ["window", "in_scale", "in_zp"], ["window_f"])
+        )
+        g.node.append(
+            helper.make_node("QuantizeLinear", ["scores_f", "out_scale", "out_zp"], ["scores"])
+        )
+        g.input[0].type.tensor_type.elem_type = TensorProto.INT8
+        g.output[0].type.tensor_type.elem_type = TensorProto.INT8
+        onnx.checker.check_model(m)
+        dest.write_bytes(m.SerializeToString())
+        return dest
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    model = tf.keras.models.load_model(zoo.root / "tiny.keras")
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    rep = _windows(64, seed=1)
+
+    def representative() -> object:
+        for i in range(len(rep)):
+            yield [rep[i : i + 1]]
+
+    conv.representative_dataset = representative
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    dest.write_bytes(conv.convert())
+    return dest
 
 
 def reference_outputs(model_file: Path, x: np.ndarray) -> np.ndarray:
@@ -222,4 +286,14 @@ def pack(bundle: VerifiedBundle, archive: Path) -> tuple[str, int]:
     return sha, archive.stat().st_size
 
 
-__all__ = ["QuantParams", "TinyZoo", "build_zoo", "make_bundle", "pack", "reference_outputs"]
+__all__ = [
+    "IN_QUANT",
+    "OUT_QUANT",
+    "QuantParams",
+    "TinyZoo",
+    "build_zoo",
+    "int8_io_model",
+    "make_bundle",
+    "pack",
+    "reference_outputs",
+]
