@@ -9,8 +9,11 @@ from support.cloud_devices import TestDevice
 from support.cloud_ingest import running_ingest, sqlite_url, unique_fleet
 
 from edgefleet.cloud.broker import MosquittoBroker
+from edgefleet.cloud.ingest.batch import BatchBuilder
 from edgefleet.cloud.store import open_store
 from edgefleet.cloud.store.base import TelemetryStore
+from edgefleet.protocol import topics as t
+from edgefleet.protocol.messages import Status
 
 
 @pytest.fixture
@@ -62,3 +65,23 @@ def test_redelivered_duplicates_stored_once_and_committed(
     assert store.count("readings") == 20
     assert worker.stats.duplicates == 60
     assert worker.stats.inserted == 20
+
+
+def test_a_batch_keeps_the_status_that_supersedes() -> None:
+    topic = t.parse(t.status("f1", "d1"))
+
+    def status(state: str, reason: str, boot: str, sent_at: float) -> Status:
+        return Status(
+            device_id="d1", boot_id=boot, seq=0, sent_at=sent_at, state=state, reason=reason
+        )  # type: ignore[arg-type]
+
+    b = BatchBuilder()
+    b.add(topic, status("online", "start", "new", 200.0), 1.0)
+    b.add(topic, status("offline", "lwt", "old", 100.0), 2.0)  # a late will of the last boot
+    st = b.batch.devices["d1"].status
+    assert st is not None
+    assert (st.online, st.boot_id, st.sent_at) == (True, "new", 200.0)
+    b.add(topic, status("offline", "lwt", "new", 150.0), 3.0)  # this boot's will: applies
+    st = b.batch.devices["d1"].status
+    assert st is not None
+    assert (st.online, st.boot_id) == (False, "new")
