@@ -108,8 +108,11 @@ def test_anomaly_threshold_is_set_on_validation_devices_and_holds_out(
     scores = run_raw(bundle, held["x_test"]).reshape(-1)
     normal, faulty = scores[held["y_test"] == 0], scores[held["y_test"] == 1]
     false_alarms = float((normal > threshold).mean())
+    detected = float((faulty > threshold).mean())
     assert false_alarms <= 0.05
-    assert (faulty > threshold).mean() > false_alarms + 0.1
+    assert detected > false_alarms + 0.1
+    assert m.metrics["heldout_false_alarm_rate"] == pytest.approx(false_alarms, abs=1e-9)
+    assert m.metrics["heldout_detection_rate"] == pytest.approx(detected, abs=1e-9)
 
 
 def test_bundle_from_keras_weights_reproduces_the_model(zoo: Zoo, tmp_path) -> None:

@@ -204,6 +204,11 @@ def bundle_from_trained(
         "size_bytes": float(model_path.stat().st_size),
         "epochs": float(trained.epochs),
     }
+    if spec.task == "anomaly" and post.threshold is not None:
+        # The threshold came from validation devices: how it does on unseen ones.
+        flagged = outputs.reshape(-1) > post.threshold
+        metrics["heldout_false_alarm_rate"] = float(flagged[data.y_test == 0].mean())
+        metrics["heldout_detection_rate"] = float(flagged[data.y_test == 1].mean())
     vectors, golden = _golden(trained, runner, outputs, quantize != "none")
     (out_dir / GOLDEN_FILE).write_bytes(encode_golden(vectors))
     say("parity", 1, 1)
