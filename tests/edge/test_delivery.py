@@ -16,6 +16,7 @@ from support.edge_agent import AgentThread, agent_toml, make_config
 from support.edge_http import RangeServer
 from support.tiny_models import make_bundle, pack
 
+from edgefleet.cli import main
 from edgefleet.edge.config import DeliveryConfig
 from edgefleet.edge.delivery import Delivery
 from edgefleet.edge.errors import GoldenMismatch
@@ -183,6 +184,7 @@ def verify_bundle_unchecked(path: Path):
 _CRASHER = r"""
 import os, sys
 from pathlib import Path
+from edgefleet.cli import main
 from edgefleet.edge.config import DeliveryConfig
 from edgefleet.edge.delivery import Delivery
 from edgefleet.edge.slots import Slots
@@ -290,7 +292,7 @@ def test_refused_bundle_keeps_the_rollback_copy(
 
 
 def test_startup_rolls_back_when_the_active_model_no_longer_verifies(
-    tmp_path, tiny_zoo, signing_key, trusted_pub, good_bundle
+    tmp_path, tiny_zoo, signing_key, trusted_pub, good_bundle, capsys
 ):
     data = tmp_path / "d"
     d = _delivery(data, trusted_pub)
@@ -307,7 +309,9 @@ def test_startup_rolls_back_when_the_active_model_no_longer_verifies(
     port = free.getsockname()[1]
     free.close()
     # No model.bundle in the config: only the slots can provide a model.
-    runner = AgentThread(make_config(agent_toml(data, port, device="rb-1", keys=[trusted_pub])))
+    toml = tmp_path / "agent.toml"
+    toml.write_text(agent_toml(data, port, device="rb-1", keys=[trusted_pub]))
+    runner = AgentThread(make_config(toml.read_text()))
     try:
         runner.wait_ready(online=False)
         assert runner.agent.model_ref == ("tiny-vib", "1.0.0")
@@ -319,6 +323,19 @@ def test_startup_rolls_back_when_the_active_model_no_longer_verifies(
             time.sleep(0.05)
     finally:
         runner.stop()
+    # `agent status` after the run: what is stored (never sent: no broker), the slots.
+    boot = runner.agent.sequencer.boot_id
+    last = runner.agent.sequencer.last
+    assert last >= 3
+    capsys.readouterr()
+    assert main(["agent", "status", "--config", str(toml)]) == 0
+    out = capsys.readouterr().out
+    assert f"depth: {last} records" in out
+    assert "drops: 0" in out
+    assert f"boot {boot}: last seq {last}" in out
+    active = runner.agent.slots.active()
+    assert f"model slot {active} (active): tiny-vib@1.0.0" in out
+    assert "(previous): tiny-vib@2.0.0" in out
 
 
 def test_downloads_are_swept(tmp_path, http_root, good_bundle, trusted_pub):
