@@ -1,9 +1,10 @@
 """The coordinator: broker, cloud, worker processes, the broker-wide timeline, checks, report.
 
 ``Simulation(options).run()`` plans the fleet, builds (or reuses) the bundles, starts the
-broker and the cloud, spawns P worker processes (spawn context: no inherited locks or TF
-state), plays broker outages, renders the live view, then checks every invariant and writes
-the report. Device-level events run inside the workers, on the devices' own loop.
+broker and the cloud (or uses running ones: ``--broker URL``, ``--cloud URL``), spawns P
+worker processes (spawn context: no inherited locks or TF state), plays broker outages,
+renders the live view, then checks every invariant and writes the report. Device-level
+events run inside the workers, on the devices' own loop.
 """
 
 from __future__ import annotations
