@@ -27,13 +27,14 @@ _LINE_MAP = ChannelMap(channels=("a", "b"), time_key="t")
 
 
 def test_one_input(data: bytes) -> None:
-    """One fuzz case: the first byte picks chunk sizes for the rest."""
+    """One fuzz case: the first byte picks chunk sizes and line sync for the rest."""
     if not data:
         return
     step = data[0] % 64 + 1
     body = data[1:]
     frames = FrameDecoder()
-    lines = LineDecoder(_LINE_MAP)
+    # Bit 7: parse from the first byte, or skip the (partial) first line as after opening.
+    lines = LineDecoder(_LINE_MAP, at_line_start=bool(data[0] & 0x80))
     for start in range(0, len(body), step):
         chunk = body[start : start + step]
         for frame in frames.feed_frames(chunk):
