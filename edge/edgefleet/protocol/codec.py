@@ -9,7 +9,8 @@ codec version), so a decoder tells the two apart from the first byte: JSON objec
 
 from __future__ import annotations
 
-from typing import Final, Protocol
+import math
+from typing import Any, Final, Protocol
 
 import msgspec
 
@@ -40,6 +41,13 @@ MAX_PAYLOAD_BYTES: Final = 256 * 1024
 BINARY_MAGIC: Final = 0xEF
 BINARY_VERSION: Final = 1
 _BINARY_HEADER: Final = bytes([BINARY_MAGIC, BINARY_VERSION])
+# MessagePack can carry NaN and the infinities, JSON cannot (msgspec writes them as null). The
+# binary decoder reads them as JSON does, as None: a float64 is 0xCB + 8 big-endian bytes and a
+# non-finite one has every exponent bit set, so its first byte is 0x7F or 0xFF. A payload
+# without these two-byte runs holds no non-finite float; the rare finite one that holds them
+# takes the slow path, which changes nothing finite.
+_NAN_F64: Final = b"\xcb\x7f"
+_NEG_F64: Final = b"\xcb\xff"
 
 
 class Codec(Protocol):
@@ -61,16 +69,27 @@ class _SchemaOnly(msgspec.Struct):
     schema: str = ""
 
 
-def _explain(
-    exc: msgspec.DecodeError,
-    data: Payload,
-    peek: msgspec.json.Decoder[_SchemaOnly] | msgspec.msgpack.Decoder[_SchemaOnly],
-) -> DecodeError:
+# What msgspec may raise besides its own DecodeError: RecursionError on a value nested deeper
+# than the interpreter's stack (an unknown field of 1,000 nested arrays is 2 KB); the others on
+# input that is not a plain byte buffer.
+_DECODER_FAILURES: Final = (RecursionError, BufferError, TypeError, ValueError, OverflowError)
+
+_PeekDecoder = msgspec.json.Decoder[_SchemaOnly] | msgspec.msgpack.Decoder[_SchemaOnly]
+
+
+def _failure(exc: Exception) -> DecodeError:
+    """Our error for one of :data:`_DECODER_FAILURES`."""
+    if isinstance(exc, RecursionError):
+        return DecodeError("not a valid payload: values nest too deeply")
+    return DecodeError(f"not a valid payload: {type(exc).__name__}: {exc}")
+
+
+def _explain(exc: msgspec.DecodeError, data: Payload, peek: _PeekDecoder) -> DecodeError:
     """Turn msgspec's error into ours, naming an unknown schema when that is the cause."""
     if isinstance(exc, msgspec.ValidationError):
         try:
             schema = peek.decode(data).schema
-        except (msgspec.DecodeError, TypeError):
+        except (msgspec.DecodeError, *_DECODER_FAILURES):
             schema = ""
         if schema and schema not in SCHEMAS:
             family = schema.split("/", 1)[0]
@@ -100,12 +119,27 @@ class JsonCodec:
 
     def decode(self, data: Payload) -> Message:
         """Parse and validate one JSON message."""
-        _check_size(data)
+        return self._decode(_buffer(data))
+
+    def _decode(self, data: bytes | bytearray) -> Message:
         try:
             message: Message = self._decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise _explain(exc, data, self._peek) from None
+        except _DECODER_FAILURES as exc:
+            raise _failure(exc) from None
         return message
+
+
+def _finite(value: Any) -> Any:
+    """``value`` (builtins) with every NaN and infinity replaced by None, as JSON sends them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
 
 
 class BinaryCodec:
@@ -124,8 +158,10 @@ class BinaryCodec:
         return _BINARY_HEADER + self._encoder.encode(message)
 
     def decode(self, data: Payload) -> Message:
-        """Parse and validate one headed MessagePack message."""
-        _check_size(data)
+        """Parse and validate one headed MessagePack message; NaN and infinities read as None."""
+        return self._decode(_buffer(data))
+
+    def _decode(self, data: bytes | bytearray) -> Message:
         if len(data) < 2 or data[0] != BINARY_MAGIC:
             raise DecodeError("not an edgefleet binary payload (missing the 0xEF header)")
         if data[1] != BINARY_VERSION:
@@ -134,19 +170,28 @@ class BinaryCodec:
             )
         body = memoryview(data)[2:]
         try:
+            if _NAN_F64 in data or _NEG_F64 in data:
+                body = memoryview(self._encoder.encode(_finite(msgspec.msgpack.decode(body))))
             message: Message = self._decoder.decode(body)
         except msgspec.DecodeError as exc:
-            raise _explain(exc, bytes(body), self._peek) from None
+            raise _explain(exc, body, self._peek) from None
+        except _DECODER_FAILURES as exc:
+            raise _failure(exc) from None
         return message
 
 
-def _check_size(data: Payload) -> None:
-    if not isinstance(data, bytes | bytearray | memoryview):
+def _buffer(data: Payload) -> bytes | bytearray:
+    """Check a payload's type and size; a memoryview of any shape becomes plain bytes."""
+    if isinstance(data, bytes | bytearray):
+        size = len(data)
+    elif isinstance(data, memoryview):
+        # msgspec reads only contiguous views, and a view of ints indexes to ints, not bytes.
+        size = data.nbytes
+    else:
         raise DecodeError(f"a payload is bytes, got {type(data).__name__}")
-    if len(data) > MAX_PAYLOAD_BYTES:
-        raise PayloadTooLarge(
-            f"payload of {len(data)} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit"
-        )
+    if size > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(f"payload of {size} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit")
+    return data.tobytes() if isinstance(data, memoryview) else data
 
 
 JSON: Final = JsonCodec()
@@ -169,12 +214,12 @@ def encode(message: Envelope, codec: str = "json") -> bytes:
 
 def decode(data: Payload) -> Message:
     """Decode a payload of either codec, telling them apart by the first byte."""
-    _check_size(data)
-    first = bytes(data[:1])
+    data = _buffer(data)
+    first = data[:1]
     if first == b"{" or first.isspace():
-        return JSON.decode(data)
+        return JSON._decode(data)
     if first == _BINARY_HEADER[:1]:
-        return BINARY.decode(data)
+        return BINARY._decode(data)
     if not data:
         raise DecodeError("empty payload")
     raise DecodeError("not an edgefleet payload: neither a JSON object nor the 0xEF binary header")

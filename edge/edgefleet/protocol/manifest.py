@@ -174,6 +174,11 @@ def encode_manifest(manifest: BundleManifest) -> bytes:
     return msgspec.json.format(_encoder.encode(manifest), indent=2) + b"\n"
 
 
+# What msgspec may raise besides its own DecodeError: RecursionError on values nested deeper than
+# the stack (a few KB of brackets), the others on input that is not a plain byte buffer.
+_DECODER_FAILURES = (RecursionError, BufferError, TypeError, ValueError, OverflowError)
+
+
 def decode_manifest(data: bytes) -> BundleManifest:
     """Parse and validate manifest bytes, raising :class:`ManifestInvalid`."""
     if len(data) > MAX_MANIFEST_BYTES:
@@ -182,6 +187,10 @@ def decode_manifest(data: bytes) -> BundleManifest:
         return _decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise ManifestInvalid(f"manifest.json is not a valid bundle/1 manifest: {exc}") from None
+    except _DECODER_FAILURES as exc:
+        raise ManifestInvalid(
+            f"manifest.json is not a valid bundle/1 manifest: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def encode_golden(golden: GoldenVectors) -> bytes:
@@ -195,3 +204,5 @@ def decode_golden(data: bytes) -> GoldenVectors:
         return _golden_decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise ManifestInvalid(f"golden vectors do not parse: {exc}") from None
+    except _DECODER_FAILURES as exc:
+        raise ManifestInvalid(f"golden vectors do not parse: {type(exc).__name__}: {exc}") from None
