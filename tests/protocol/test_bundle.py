@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
+import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgefleet.protocol import bundle, signing
 from edgefleet.protocol.errors import (
@@ -22,12 +27,22 @@ from edgefleet.protocol.errors import (
     WrongKey,
 )
 from edgefleet.protocol.manifest import (
+    MANIFEST_FILE,
+    SIGNATURE_FILE,
     BundleManifest,
+    FileRole,
     GoldenSpec,
     GoldenVectors,
+    Lineage,
+    Postprocessing,
+    Preprocessing,
+    QuantParams,
     TensorSpec,
+    decode_manifest,
     encode_golden,
 )
+
+UPDATE = os.environ.get("EDGEFLEET_UPDATE_GOLDEN") == "1"
 
 
 @pytest.fixture
@@ -216,3 +231,86 @@ def test_bad_key_files_give_key_file_error(tmp_path: Path) -> None:
         signing.load_public_key(tmp_path / "junk.pem")
     with pytest.raises(KeyFileError, match="cannot read private key"):
         signing.load_private_key(tmp_path / "absent.key")
+
+
+# A bundle/1 manifest and signature, byte for byte, made with a fixed key kept for tests only
+# (tests/golden/bundle/v1/keys). Ed25519 signatures are deterministic, so re-signing the same
+# manifest with the same key gives the same manifest.sig: a changed encoding fails here before
+# a device in the field refuses every bundle. Regenerate with EDGEFLEET_UPDATE_GOLDEN=1.
+GOLDEN_BUNDLE = Path(__file__).parents[1] / "golden" / "bundle" / "v1"
+GOLDEN_MANIFEST = BundleManifest(
+    name="tiny",
+    version="1.2.3",
+    runtime="litert",
+    model_file="model.tflite",
+    quantization="int8",
+    inputs=[
+        TensorSpec(
+            name="x",
+            dtype="int8",
+            shape=[-1, 2],
+            quantization=QuantParams(scale=[0.5], zero_point=[-3]),
+        )
+    ],
+    outputs=[TensorSpec(name="y", dtype="float32", shape=[-1, 1])],
+    preprocessing=Preprocessing(
+        channels=["ax", "ay"], window=2, hop=1, sample_rate_hz=50.0, mean=[0.0, 1.0], std=[1, 2]
+    ),
+    postprocessing=Postprocessing(kind="anomaly", threshold=0.75),
+    labels=["normal", "anomaly"],
+    metrics={"auc": 0.91},
+    lineage=Lineage(parent="tiny@1.2.2", trained_by="federated", fl_rounds=3, fl_participants=2),
+    golden=GoldenSpec(file="golden.json", match="allclose"),
+    description="The golden bundle of the protocol tests.",
+    created_at=1_790_000_000.0,
+)
+ROLES: dict[str, FileRole] = {"card.md": "card"}
+
+
+def _golden_key() -> tuple[Path, Path]:
+    keys = GOLDEN_BUNDLE / "keys"
+    return keys / signing.PRIVATE_KEY_FILE, keys / signing.PUBLIC_KEY_FILE
+
+
+def test_the_golden_bundle_is_re_signed_byte_for_byte(tmp_path: Path) -> None:
+    private, public = _golden_key()
+    golden = GOLDEN_BUNDLE / "tiny"
+    if UPDATE:
+        golden.mkdir(parents=True, exist_ok=True)
+        (golden / "model.tflite").write_bytes(bytes(range(256)))
+        (golden / "golden.json").write_bytes(
+            encode_golden(GoldenVectors(inputs={"x": [[1, 2]]}, outputs={"y": [[0.25]]}))
+        )
+        (golden / "card.md").write_text("# tiny\n\nThe golden bundle of the protocol tests.\n")
+        if not private.exists():
+            signing.generate_keypair(private.parent)
+        bundle.write_bundle(golden, GOLDEN_MANIFEST, signing.load_private_key(private), ROLES)
+    work = tmp_path / "tiny"
+    work.mkdir()
+    for name in ("model.tflite", "golden.json", "card.md"):
+        (work / name).write_bytes((golden / name).read_bytes())
+    bundle.write_bundle(work, GOLDEN_MANIFEST, signing.load_private_key(private), ROLES)
+    for name in (MANIFEST_FILE, SIGNATURE_FILE):
+        assert (work / name).read_bytes() == (golden / name).read_bytes(), f"{name} changed"
+    verified = bundle.verify_bundle(golden, [signing.load_public_key(public)])
+    assert msgspec.structs.replace(verified.manifest, files=[]) == GOLDEN_MANIFEST
+    assert [f.path for f in verified.manifest.files] == ["card.md", "golden.json", "model.tflite"]
+    assert verified.key_id == signing.key_id(signing.load_public_key(public))
+
+
+@given(st.binary(max_size=2048))
+@settings(max_examples=300)
+def test_random_bytes_give_a_manifest_or_manifest_invalid(data: bytes) -> None:
+    with contextlib.suppress(ManifestInvalid):
+        decode_manifest(data)
+
+
+@given(st.binary(max_size=512))
+@settings(max_examples=200)
+def test_a_golden_manifest_with_random_bytes_spliced_in_only_raises_manifest_invalid(
+    data: bytes,
+) -> None:
+    good = (GOLDEN_BUNDLE / "tiny" / MANIFEST_FILE).read_bytes()
+    cut = len(data) % len(good)
+    with contextlib.suppress(ManifestInvalid):
+        decode_manifest(good[:cut] + data + good[cut:])

@@ -84,3 +84,21 @@ def test_filters_and_acl_patterns_cover_the_device_subtree() -> None:
         "$share/ingest/edgefleet/v1/+/+/status"
     )
     assert all("%c" in line for line in topics.DEVICE_ACL_PATTERNS[:-1])
+
+
+# Text built from topic-like pieces, so that many draws come close to a valid topic.
+_pieces = st.sampled_from(
+    ["edgefleet", "v1", "v2", "f1", "d1", "_all", "status", "telemetry", "event", "cmd", "ack"]
+)
+_levels = st.lists(_pieces | st.text(max_size=8), max_size=8).map("/".join)
+
+
+@given(st.one_of(st.text(max_size=200), _levels))
+def test_parse_returns_a_valid_topic_or_raises_topic_error(text: str) -> None:
+    try:
+        topic = topics.parse(text)
+    except TopicError:
+        return
+    # Whatever parses is a topic the builders would produce, byte for byte.
+    assert str(topic) == text
+    assert topics.parse(str(topic)) == topic
