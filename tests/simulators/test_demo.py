@@ -13,7 +13,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return shared_cache(tmp_path_factory)
 
 
-@pytest.mark.slow(seconds=150)
+@pytest.mark.slow(seconds=160)
 def test_demo_with_five_devices_for_thirty_seconds(cache: Path, tmp_path: Path) -> None:
     out = run_cli(["demo", "--devices", "5", "--duration", "30", "--workdir", str(tmp_path)], cache)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -22,6 +22,10 @@ def test_demo_with_five_devices_for_thirty_seconds(cache: Path, tmp_path: Path) 
     report = read_report(tmp_path / "report.json")
     assert report["ok"] is True
     assert report["devices"] == 5
+    # One device of five reads through an emulated MCU and the real serial bridge.
+    bench = report["per_device"]["bench-0000"]
+    assert bench["stored"] > 0
+    assert sum(d.startswith("bench-") for d in report["per_device"]) == 1
     t = report["totals"]
     assert t["produced"] == t["stored"] > 0
     assert t["duplicates"] == t["lost"] == 0
@@ -42,11 +46,11 @@ def test_demo_with_five_devices_for_thirty_seconds(cache: Path, tmp_path: Path) 
         assert "not assigned, the fleet keeps vibration-anomaly@1.0.0" in note
         assert assignments == []
     else:
-        # Accepted: it went to the devices of its model (2 simulated + 3 trainers).
+        # Accepted: it went to the devices of its model (2 pumps, 1 bench, 3 trainers).
         assert " accepted (" in note
         (assignment,) = assignments
         assert assignment["model"] == "vibration-anomaly@1.0.1"
-        assert sum(assignment["states"].values()) == 5
+        assert sum(assignment["states"].values()) == 6
         assert set(assignment["states"]) <= {"succeeded", "refused", "failed"}
     assert invariant(report, "every assigned model")["ok"] is True
     assert "federated learning: run fl-" in out.stdout

@@ -50,7 +50,7 @@ TRAINERS = 3
 FL_ROUNDS = 1
 
 
-def demo_scenario(duration: float) -> Scenario:
+def demo_scenario(duration: float, devices: int = 20) -> Scenario:
     """Pumps (anomaly model, one in ten on an emulated MCU) and wearables (activity model)."""
     events: list[DriftOnset | Crash] = [
         DriftOnset(at=round(duration * 0.3, 1), group="pumps", drift="mode", magnitude=1.5)
@@ -63,7 +63,14 @@ def demo_scenario(duration: float) -> Scenario:
         fleet="demo",
         groups=[
             Group(name="pumps", share=0.45, model=MODEL, tags=["site-a"]),
-            Group(name="bench", share=0.1, model=MODEL, source="serial", tags=["site-a"]),
+            # At least one, so a small demo shows the serial bridge too.
+            Group(
+                name="bench",
+                count=max(1, round(devices * 0.1)),
+                model=MODEL,
+                source="serial",
+                tags=["site-a"],
+            ),
             Group(name="wearables", model="activity", tags=["site-b"]),
         ],
         events=events,  # type: ignore[arg-type]
@@ -339,7 +346,9 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def demo(
-    devices: Annotated[int, typer.Option(min=1, max=2000, help="Simulated devices.")] = 20,
+    devices: Annotated[
+        int, typer.Option(min=3, max=2000, help="Simulated devices (one per group at least).")
+    ] = 20,
     duration: Annotated[float, typer.Option(min=10, help="Seconds of streaming.")] = 120.0,
     broker: Annotated[
         str, typer.Option(help="embedded, mosquitto, or mqtt://HOST:PORT of a running broker.")
@@ -365,7 +374,7 @@ def demo(
     options = SimOptions(
         devices=devices,
         duration=duration,
-        scenario=demo_scenario(duration),
+        scenario=demo_scenario(duration, devices),
         broker=broker,
         processes=1 if devices <= 60 else 2,
         workdir=workdir,
