@@ -2,9 +2,9 @@
 
 Starts a broker (embedded by default) and the cloud with SQLite in a work directory, builds
 and signs the reference models (cached), runs simulated devices (real agents: inference and
-telemetry, one emulated microcontroller on a pseudo-terminal per ten devices), drifts one
-group, crashes a device, and checks every invariant. Writes ``report.json``; exits 6 if an
-invariant fails.
+telemetry, one emulated microcontroller on a pseudo-terminal per ten devices, at least one),
+drifts one group, crashes a device, and checks every invariant. Writes ``report.json``; exits
+6 if an invariant fails.
 
 The learning step is a real federated round: three more real agents of the vibration model
 (``trainer-0..2``, in this process, ``[fl] mode = "on-demand"``) buffer their own inputs; the
