@@ -83,7 +83,7 @@ def test_filters_and_acl_patterns_cover_the_device_subtree() -> None:
     assert topics.shared("ingest", "edgefleet/v1/+/+/status") == (
         "$share/ingest/edgefleet/v1/+/+/status"
     )
-    assert all("%c" in line for line in topics.DEVICE_ACL_PATTERNS[:-1])
+    assert all("/%u/" in line for line in topics.DEVICE_ACL_PATTERNS[:-1])
 
 
 # Text built from topic-like pieces, so that many draws come close to a valid topic.

@@ -1,7 +1,7 @@
 """Build and parse the MQTT topics of protocol ``edgefleet/v1``.
 
 The tree puts everything one device may touch under ``edgefleet/v1/{fleet}/{device}/``, so a
-broker ACL of one pattern line confines each device to its subtree (docs/protocol.md, "ACL").
+few broker ACL lines confine each device to its subtree (docs/protocol.md, "Per-device ACL").
 """
 
 from __future__ import annotations
@@ -166,13 +166,36 @@ def shared(group: str, topic_filter: str) -> str:
     return f"$share/{validate_id(group, 'share group')}/{topic_filter}"
 
 
-# Mosquitto ACL lines that confine each device to its own subtree; `%c` is the client id,
-# `%u` the username (mosquitto.conf(5), "pattern"). Client id = device id by our convention.
+# Mosquitto ACL lines that confine each device to its own device id (mosquitto.conf(5),
+# "pattern"). `%u` is the username the broker authenticated: a password-file entry, or a client
+# certificate's CN with `use_identity_as_username`; edgefleet makes it the device id. Not `%c`:
+# a client chooses its own client id, so a pattern on it confines nothing. Mosquitto substitutes
+# only `%u` and `%c`, so these lines cannot bind a device to its fleet (it may publish under its
+# own id in another fleet's tree); device_acl() writes per-device lines that do.
 DEVICE_ACL_PATTERNS = (
-    f"pattern write {PREFIX}/+/%c/status",
-    f"pattern write {PREFIX}/+/%c/telemetry/+",
-    f"pattern write {PREFIX}/+/%c/event/+",
-    f"pattern write {PREFIX}/+/%c/cmd/+/ack",
-    f"pattern read {PREFIX}/+/%c/cmd/+",
+    f"pattern write {PREFIX}/+/%u/status",
+    f"pattern write {PREFIX}/+/%u/telemetry/+",
+    f"pattern write {PREFIX}/+/%u/event/+",
+    f"pattern write {PREFIX}/+/%u/cmd/+/ack",
+    f"pattern read {PREFIX}/+/%u/cmd/+",
     f"pattern read {PREFIX}/+/{BROADCAST}/cmd/+",
 )
+
+
+def device_acl(fleet: str, device: str) -> list[str]:
+    """Mosquitto ACL lines for one device (username = device id) that also pin its fleet.
+
+    Use them instead of :data:`DEVICE_ACL_PATTERNS`, which apply to every user: one block per
+    device, generated from the fleet's device list.
+    """
+    base = f"{PREFIX}/{validate_id(fleet, 'fleet id')}"
+    own = f"{base}/{validate_id(device, 'device id')}"
+    return [
+        f"user {device}",
+        f"topic write {own}/status",
+        f"topic write {own}/telemetry/+",
+        f"topic write {own}/event/+",
+        f"topic write {own}/cmd/+/ack",
+        f"topic read {own}/cmd/+",
+        f"topic read {base}/{BROADCAST}/cmd/+",
+    ]
