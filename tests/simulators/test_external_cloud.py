@@ -16,6 +16,7 @@ from edgefleet.cloud.client import CloudClient
 from edgefleet.cloud.launcher import CloudProcess
 from edgefleet.protocol.errors import ConfigError
 from edgefleet.simulators.cli import app as sim_app
+from edgefleet.simulators.cloudview import ApiView
 from edgefleet.simulators.errors import SimulationError
 from edgefleet.simulators.fleet import SimOptions, Simulation, run_simulation
 from edgefleet.simulators.scenario import parse_scenario
@@ -79,6 +80,10 @@ def test_a_fleet_against_a_cloud_in_another_process(
         for d in report["per_device"]
     )
     assert served >= report["per_device"]["loggers-0000"]["stored"] > 0
+    # The live view's count comes from that cloud's Prometheus counter.
+    counted = ApiView(cloud.http_url).stored()
+    assert counted is not None
+    assert counted >= t["stored"]
 
     # The same device ids again on the same cloud: the records of the earlier run's boots are
     # not this run's, and do not count as unknown or duplicates.
