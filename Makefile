@@ -2,20 +2,32 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# Two installs: `make demo` needs only edgefleet[all]; every other target also needs the dev
+# tools. The dev install covers the demo's, so it marks both done.
 STAMP  := $(VENV)/.edgefleet-installed
+DEMO_STAMP := $(VENV)/.edgefleet-all-installed
 # Tests wait on brokers and child processes more than on the CPU: more workers than cores.
 # One test at a time per worker, the longest first (tests/conftest.py).
 PYTEST_WORKERS ?= 4
 PYTEST_XDIST := -n $(PYTEST_WORKERS) --maxschedchunk=1
 PYTEST_ARGS ?=
+comma := ,
 
 .PHONY: venv lint typecheck layers test test-fast demo bench clean
 
-$(STAMP): pyproject.toml
+define install
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[all,dev]"
-	touch $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[$(1)]"
+endef
+
+$(STAMP): pyproject.toml
+	$(call install,all$(comma)dev)
+	touch $(STAMP) $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml
+	$(call install,all)
+	touch $(DEMO_STAMP)
 
 venv: $(STAMP)
 
@@ -36,7 +48,7 @@ test: lint typecheck layers
 test-fast: venv
 	$(BIN)/pytest $(PYTEST_XDIST) -m "not slow" $(PYTEST_ARGS)
 
-demo: venv
+demo: $(DEMO_STAMP)
 	$(BIN)/edgefleet demo
 
 bench: venv
