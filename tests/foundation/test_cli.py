@@ -159,6 +159,14 @@ def test_a_module_missing_at_run_time_names_the_extra(
     ]
 
 
+def test_sim_validate_without_pyyaml_is_a_missing_extra(tmp_path: Path) -> None:
+    (tmp_path / "s.yaml").write_text("name: s\n")
+    out = _blocked("yaml", "sim", "validate", "s.yaml", cwd=tmp_path)
+    assert out.returncode == EXIT_MISSING_EXTRA, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert "pip install 'edgefleet[sim]'" in out.stderr
+
+
 def test_a_missing_module_of_ours_or_of_python_is_not_an_extra() -> None:
     assert cli.missing_extra("fl", ModuleNotFoundError(name="edgefleet.nope")) is None
     assert cli.missing_extra("fl", ModuleNotFoundError(name="sqlite3")) is None

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct, field
 
-from edgefleet.protocol.errors import TopicError
+from edgefleet.protocol.errors import MissingExtra, TopicError
 from edgefleet.protocol.topics import validate_id
 from edgefleet.simulators.errors import ScenarioError
 
@@ -325,8 +325,11 @@ def load_scenario(path: Path) -> Scenario:
     """Read and validate a YAML scenario file."""
     try:
         import yaml
-    except ImportError:  # pragma: no cover - pyyaml is part of the sim extra
-        raise ScenarioError("scenario files need pyyaml: pip install 'edgefleet[sim]'") from None
+    except ImportError:
+        # A missing extra, not a bad scenario: exit status 3 like every missing extra (cli.md).
+        raise MissingExtra(
+            "scenario files need pyyaml, in the 'sim' extra: pip install 'edgefleet[sim]'"
+        ) from None
     try:
         text = Path(path).read_text()
     except OSError as exc:
