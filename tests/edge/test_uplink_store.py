@@ -82,3 +82,49 @@ def test_failed_writes_are_retried_without_loss_or_holes(tmp_path):
         other.close()
         box.close()
         db.shutdown()
+
+
+def test_unwritten_records_are_bounded_like_the_outbox(tmp_path):
+    path = tmp_path / "outbox.sqlite"
+    box = Outbox(path, max_records=8)
+    box._db.execute("PRAGMA busy_timeout=20")
+    seq = Sequencer()
+    box.register_boot(seq.boot_id)
+    db = ThreadPoolExecutor(1)
+    uplink = Uplink(
+        UplinkConfig(flush_interval_s=0.01),
+        box,
+        None,
+        seq,
+        get_codec("msgpack"),
+        fleet="default",
+        device_id="full-1",
+        db_executor=db,
+    )
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+
+    async def main() -> None:
+        uplink.add_results("m", "1", _results(6, 0.0))
+        assert not await uplink.flush()
+        uplink.add_results("m", "1", _results(6, 10.0))
+        assert not await uplink.flush()
+        # 12 numbered, 8 fit the outbox's bound: the 4 oldest go, as the outbox would drop them.
+        assert uplink.pending == 8
+        other.execute("ROLLBACK")
+        assert await uplink.flush()
+
+    try:
+        asyncio.run(main())
+        assert [r.seq for r in box.read_after(0, 100)] == list(range(5, 13))
+        # The memory drops are in the persisted counter that health reports.
+        assert (box.depth, box.drops, uplink.drops) == (8, 4, 4)
+        assert uplink.counters.dropped == 4
+        box.close()
+        again = Outbox(path, readonly=True)
+        assert again.stats().drops == 4
+        assert again.stats().boots == {seq.boot_id: 12}
+        again.close()
+    finally:
+        other.close()
+        db.shutdown()

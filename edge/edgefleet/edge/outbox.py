@@ -157,9 +157,14 @@ class Outbox:
                 (boot_id, time.time() if started_at is None else started_at),
             )
 
-    def append(self, rows: Sequence[Row]) -> int:
-        """Store ``rows`` in one durable transaction; return how many old rows were dropped."""
-        if not rows:
+    def append(self, rows: Sequence[Row], dropped_before: int = 0) -> int:
+        """Store ``rows`` in one durable transaction; return how many old rows were dropped.
+
+        ``dropped_before`` counts records the caller dropped before they got here (the
+        uplink's memory bound while writes failed); they join the persisted drop counter in
+        the same transaction.
+        """
+        if not rows and not dropped_before:
             return 0
         added = sum(len(r.payload) for r in rows)
         last: dict[str, int] = {}
@@ -179,6 +184,12 @@ class Outbox:
             )
             depth, size = self._depth + len(rows), self._bytes + added
             dropped = 0
+            if dropped_before:
+                self._db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('drops', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
+                    (dropped_before,),
+                )
             if depth > self.max_records or size > self.max_bytes:
                 dropped, freed, upto = 0, 0, -1
                 for rid, rsize in self._db.execute("SELECT id, size FROM records ORDER BY id"):
@@ -195,7 +206,7 @@ class Outbox:
                     (dropped,),
                 )
         self._depth, self._bytes = depth - dropped, size
-        self._drops += dropped
+        self._drops += dropped + dropped_before
         return dropped
 
     def read_after(self, after_id: int, limit: int) -> list[StoredRow]:

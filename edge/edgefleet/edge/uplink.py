@@ -98,6 +98,9 @@ class Uplink:
         # Rows that already hold seqs but whose write failed: they go first in the next try,
         # so a failed write never burns seqs (no hole) and never reorders them.
         self._unstored: list[Row] = []
+        # Records dropped from `_unstored` (memory bound while writes fail), not yet counted
+        # in the outbox's persisted drop counter.
+        self._memory_drops = 0
         self._failures = 0
         self._on_store_error = on_store_error
         self._rec_enc = msgspec.msgpack.Encoder()
@@ -194,8 +197,27 @@ class Uplink:
         rows = self._unstored + self._encode(items)
         # Kept until the append commits: if it raises, the next flush retries the same rows.
         self._unstored = rows
-        self.outbox.append(rows)
+        self.outbox.append(rows, self._memory_drops)
         self._unstored = []
+        self._memory_drops = 0
+
+    def _bound_unstored(self) -> None:
+        """Past the outbox's own bounds, drop the oldest unwritten rows, counted as drops.
+
+        The outbox's policy (drop oldest, count it) applied in memory: a disk that stays
+        full must not grow the agent until the kernel kills it.
+        """
+        rows, box = self._unstored, self.outbox
+        size = sum(len(r.payload) for r in rows)
+        cut = 0
+        while cut < len(rows) - 1 and (len(rows) - cut > box.max_records or size > box.max_bytes):
+            size -= len(rows[cut].payload)
+            cut += 1
+        if cut:
+            del rows[:cut]
+            self._memory_drops += cut
+            self._pending_records -= cut
+            log.warning("dropped the %d oldest unwritten records (outbox bounds)", cut)
 
     @property
     def failing(self) -> int:
@@ -222,6 +244,7 @@ class Uplink:
                 await loop.run_in_executor(self._db, self._store, items)
             except OutboxError as exc:
                 # `items` now live (numbered) in `_unstored`; their count stays pending.
+                self._bound_unstored()
                 self._failures += 1
                 self.counters.store_errors += 1
                 log.error("writing the outbox failed (%d in a row): %s", self._failures, exc)
