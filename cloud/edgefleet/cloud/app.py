@@ -24,7 +24,7 @@ from edgefleet.cloud.broker import (
     mosquitto_available,
 )
 from edgefleet.cloud.dashboard import Dashboard, DashboardSettings, mount_dashboard
-from edgefleet.cloud.dashboard.prometheus import register_device_metrics
+from edgefleet.cloud.dashboard.prometheus import SeriesLimits, register_device_metrics
 from edgefleet.cloud.errors import CloudError
 from edgefleet.cloud.fl.roundsource import StoreRounds
 from edgefleet.cloud.fl.service import FlService, FlServiceSettings
@@ -82,6 +82,8 @@ class CloudConfig:
     homeassistant: HomeAssistantSettings | None = None
     # The web dashboard at `/` (None turns it off).
     dashboard: DashboardSettings | None = field(default_factory=DashboardSettings)
+    # Caps on the per-device Prometheus series at /metrics (served with or without dashboard).
+    series_limits: SeriesLimits = field(default_factory=SeriesLimits)
     # Federated runs from the API (`/v1/fl/runs`); None: defaults under workdir/fl, results
     # not registered until a signing key is given (docs/federated.md).
     fl: FlServiceSettings | None = None
@@ -222,19 +224,23 @@ class Cloud:
             store, self.registry, assigner, self.metrics, cfg.fleet, fl=self.fl
         )
         app = create_app(services)
+        # Grafana reads these from /metrics; they must not depend on the web dashboard.
+        register_device_metrics(self.metrics, store, fleet=cfg.fleet, limits=cfg.series_limits)
         if cfg.dashboard is not None:
             self.dashboard = mount_dashboard(
                 app, services, settings=cfg.dashboard, rounds=StoreRounds(store, self.fl.models)
             )
-            register_device_metrics(self.metrics, store, fleet=cfg.fleet)
         if cfg.homeassistant is not None:
+            # Held before start() so that stop() closes its store connection if start fails.
             self.homeassistant = HomeAssistantPublisher(
                 self.broker_url,
                 open_store(self.db_url),
                 cfg.homeassistant,
                 client_id=f"{cfg.node_id}-homeassistant",
                 version=version,
-            ).start(timeout)
+                owns_store=True,
+            )
+            self.homeassistant.start(timeout)
         server = uvicorn.Server(
             uvicorn.Config(
                 app,

@@ -15,6 +15,7 @@ from rich.table import Table
 from edgefleet.cloud.app import Cloud, CloudConfig, Retention
 from edgefleet.cloud.client import CloudClient
 from edgefleet.cloud.dashboard import DashboardSettings
+from edgefleet.cloud.dashboard.prometheus import SeriesLimits
 from edgefleet.cloud.fl.service import FlServiceSettings
 from edgefleet.cloud.homeassistant import HomeAssistantSettings
 from edgefleet.cloud.ingest import WorkerMode
@@ -97,6 +98,13 @@ def run(
         str, typer.Option(help="Home Assistant's discovery prefix.")
     ] = "homeassistant",
     dashboard: Annotated[bool, typer.Option(help="Serve the web dashboard at /.")] = True,
+    metrics_max_devices: Annotated[
+        int,
+        typer.Option(
+            help="Devices with per-device series at /metrics (the first by id; 0: fleet-level "
+            "series only). Each adds about 12 series to Prometheus."
+        ),
+    ] = SeriesLimits().max_devices,
     fl_signing_key: Annotated[
         Path | None,
         typer.Option(help="Ed25519 key that signs federated results (POST /v1/fl/runs)."),
@@ -131,6 +139,7 @@ def run(
         if homeassistant_fleet
         else None,
         dashboard=DashboardSettings() if dashboard else None,
+        series_limits=SeriesLimits(max_devices=metrics_max_devices),
         fl=_fl_settings(workdir, fl_signing_key, fl_superlink, fl_public_address),
     )
     console = Console(stderr=True)

@@ -29,12 +29,6 @@ from edgefleet.protocol.errors import ConfigError
 log = logging.getLogger(__name__)
 # Discovery topic levels may hold only these characters (HA docs, "Discovery topic").
 _NODE_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
-# Required keys per component, from the HA MQTT docs (state_topic is the only required option
-# of sensor and binary_sensor; a device block needs identifiers or connections and unique_id).
-REQUIRED_KEYS = {
-    "sensor": ("state_topic", "unique_id", "device"),
-    "binary_sensor": ("state_topic", "unique_id", "device"),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +153,12 @@ class HomeAssistantPublisher:
         *,
         client_id: str = "edgefleet-homeassistant",
         version: MqttVersion = "5",
+        owns_store: bool = False,
     ) -> None:
         self.settings = settings
         self._store = store
+        # The Cloud opens a connection for the publisher alone; stop() must close it then.
+        self._owns_store = owns_store
         self._address = BrokerAddress.parse(broker_url)
         self._client, self._props = make_client(
             self._address, client_id, version=version, persistent=False
@@ -239,10 +236,15 @@ class HomeAssistantPublisher:
             raise CloudError(f"could not publish discovery config {topic}: {exc}") from None
 
     def stop(self) -> None:
-        """Stop watching and disconnect (the retained configs stay on the broker)."""
+        """Stop watching and disconnect (the retained configs stay on the broker).
+
+        With ``owns_store`` the store is closed too. Safe after a failed :meth:`start`.
+        """
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(5)
         self._client.disconnect()
         self._client.loop_stop()
+        if self._owns_store:
+            self._store.close()

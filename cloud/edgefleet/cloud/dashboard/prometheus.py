@@ -49,7 +49,10 @@ class SeriesLimits:
 
     def __post_init__(self) -> None:
         if self.max_devices < 0 or self.max_versions < 1 or self.cache_s < 0:
-            raise ConfigError("series limits need max_devices >= 0 and max_versions >= 1")
+            raise ConfigError(
+                f"series limits need max_devices >= 0 (--metrics-max-devices, got "
+                f"{self.max_devices}), max_versions >= 1 and cache_s >= 0"
+            )
 
 
 def _label(value: str | None, default: str) -> str:
