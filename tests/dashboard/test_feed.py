@@ -95,6 +95,17 @@ def test_feed_thread_runs_only_while_watched(store) -> None:
     polls = feed.polls
     time.sleep(0.2)
     assert feed.polls == polls  # nobody watches: the store is not read at all
+    assert not feed.running
+    # The stopped feed forgot its snapshot: a viewer who comes back sees the fleet as it is now.
+    assert feed.current()[1] is None
+    assert feed.since(feed.version - 1) is None
+    _status(store, "a", False, "lwt")
+    with feed.subscription():
+        deadline = time.monotonic() + 5
+        while (snap := feed.current()[1]) is None:
+            assert time.monotonic() < deadline, "the feed did not take a fresh snapshot"
+            time.sleep(0.01)
+        assert snap.summary["offline"] == 1
     feed.close()
 
 
@@ -155,6 +166,13 @@ def test_stream_sends_snapshot_then_diffs_and_series(
         assert diff["alerts"][0]["kind"] == "hot"
         with httpx.Client(base_url=dc.url, timeout=10) as http:
             assert http.get("/dashboard/api/rounds").json() == []
+            # The JSON view reads the same round source as the stream (markers included).
+            source = _Rounds()
+            source.items.append({"run_id": "r1", "round": 3, "started_at": 1.0, "metrics": {}})
+            dc.dashboard.rounds = source
+            snap = http.get("/dashboard/api/snapshot").json()
+            assert [r["round"] for r in snap["markers"]["rounds"]] == [3]
+            assert [d["id"] for d in snap["devices"]] == ["s-1"]
             assert http.get("/dashboard/api/devices/nope/series").status_code == 404
             assert http.get("/").headers["content-type"].startswith("text/html")
             js = http.get("/dashboard/static/vendor/uplot/uPlot.iife.min.js")

@@ -45,6 +45,8 @@ class LiveFeed:
         self._diffs: deque[tuple[int, dict[str, Any]]] = deque(maxlen=history)
         self.polls = 0
         self.poll_seconds = 0.0
+        # CPU of the polling thread alone (wall time above also counts waiting for the store).
+        self.poll_cpu_seconds = 0.0
 
     @property
     def closed(self) -> bool:
@@ -55,6 +57,12 @@ class LiveFeed:
     def viewers(self) -> int:
         """How many streams are subscribed now."""
         return self._viewers
+
+    @property
+    def running(self) -> bool:
+        """True while the polling thread exists (it reads the store once per interval)."""
+        with self._cond:
+            return self._thread is not None
 
     @contextmanager
     def subscription(self) -> Iterator[None]:
@@ -90,10 +98,11 @@ class LiveFeed:
 
     def poll_once(self) -> None:
         """Take one snapshot and record the diff (the thread calls this; tests may too)."""
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         snap = self._take()
         self.polls += 1
         self.poll_seconds += time.perf_counter() - t0
+        self.poll_cpu_seconds += time.thread_time() - c0
         with self._cond:
             old = self.snapshot
             if old is None:
@@ -115,6 +124,10 @@ class LiveFeed:
                 )
                 if self._closed or idle:
                     self._thread = None
+                    # Nobody watches, so nothing keeps this state current: a viewer who comes
+                    # back must see the fleet as it is then, not as it was when the feed stopped.
+                    self.snapshot = None
+                    self._diffs.clear()
                     return
             started = time.monotonic()
             try:

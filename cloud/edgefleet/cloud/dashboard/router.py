@@ -21,7 +21,7 @@ from edgefleet.cloud.dashboard.base import NoRounds, RoundSource
 from edgefleet.cloud.dashboard.feed import LiveFeed
 from edgefleet.cloud.dashboard.series import SeriesCursor, device_series
 from edgefleet.cloud.dashboard.settings import DashboardSettings
-from edgefleet.cloud.dashboard.snapshot import take_snapshot
+from edgefleet.cloud.dashboard.snapshot import Snapshot, take_snapshot
 
 _json = msgspec.json.Encoder()
 
@@ -48,6 +48,11 @@ class Dashboard:
     def close(self) -> None:
         """End open streams (so the server's graceful shutdown does not wait on them)."""
         self.feed.close()
+
+    def snapshot(self) -> Snapshot:
+        """The fleet state now, rounds included (the feed and the JSON view both take this)."""
+        s = self.services
+        return take_snapshot(s.store, self.settings.alerts, s.fleet, self.rounds)
 
     async def stream(self, request: Request, device: str | None) -> AsyncIterator[bytes]:
         """Server-sent events: one ``snapshot``, then ``diff`` (and ``series``) events."""
@@ -107,8 +112,13 @@ def mount_dashboard(
     settings = settings or DashboardSettings()
     rules = settings.alerts
     source = rounds or NoRounds()
+
+    def take() -> Snapshot:
+        # Through the Dashboard (made below): a round source set on it later is read here too.
+        return dash.snapshot()
+
     feed = LiveFeed(
-        lambda: take_snapshot(services.store, rules, services.fleet, source),
+        take,
         interval_s=settings.interval_s,
         idle_stop_s=settings.idle_stop_s,
         history=settings.history,
@@ -128,7 +138,7 @@ def mount_dashboard(
     @router.get("/snapshot")
     def snapshot() -> dict[str, Any]:
         """The fleet state the stream starts from, for clients without EventSource."""
-        return take_snapshot(services.store, rules, services.fleet).full(feed.version)
+        return dash.snapshot().full(feed.version)
 
     @router.get("/devices/{device_id}/series")
     def series(
