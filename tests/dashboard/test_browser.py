@@ -11,6 +11,7 @@ from support.cloud_bundles import make_archive
 from support.cloud_ingest import unique_fleet
 from support.dashboard_cloud import chromium, dashboard_cloud, screenshot
 from support.dashboard_devices import DeviceSwarm, SimDevice
+from support.edge_agent import AgentThread, agent_toml, make_config
 
 from edgefleet.cloud.broker import MosquittoBroker
 from edgefleet.protocol import topics
@@ -35,34 +36,57 @@ def test_overview_counts_devices_and_shows_lwt_offline_within_seconds(
     mosquitto: MosquittoBroker, tmp_path: Path
 ) -> None:
     fleet = unique_fleet()
-    with dashboard_cloud(tmp_path, mosquitto.url, fleet) as dc:
+    with dashboard_cloud(tmp_path / "cloud", mosquitto.url, fleet) as dc:
         devices = [
             SimDevice(mosquitto.host, mosquitto.port, f"pump-{i:02d}", fleet,
                       agent_version="0.1.0" if i else "0.2.0")
-            for i in range(4)
+            for i in (0, 1, 3)
         ]  # fmt: skip
         for d in devices:
             d.birth()
             d.send_health()
-        with chromium() as page:
-            page.goto(dc.url + "/")
-            _wait_text(page, "count-devices", "4")
-            _wait_text(page, "count-online", "4")
-            assert page.locator("[data-testid=devices] tbody tr").count() == 4
-            assert "0.2.0" in page.inner_text("main")  # agent versions are listed
-            killed = time.monotonic()
-            devices[2].kill()  # no DISCONNECT: the broker publishes the will
-            _wait_text(page, "count-offline", "1", timeout_ms=10_000)
-            seen_after = time.monotonic() - killed
-            row = page.locator("tr[data-device=pump-02]")
-            assert row.locator(".state").inner_text() == "offline"
-            assert "lost its connection (LWT)" in _text(page, "alerts")
-            assert _text(page, "count-online") == "3"
-            screenshot(page, "overview-lwt")
-            # The page was not reloaded: the same document got the change over the stream.
-            assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
-        for d in devices[:2] + devices[3:]:
-            d.close()
+        # pump-02 is a real agent (no model: it still reports health), so its birth, its health
+        # and, once it dies, the will the broker publishes for it are the real ones.
+        text = agent_toml(tmp_path / "agent", mosquitto.port, device="pump-02")
+        agent = AgentThread(make_config(text.replace('fleet = "default"', f'fleet = "{fleet}"')))
+        try:
+            agent.wait_ready()
+            with chromium() as page:
+                page.goto(dc.url + "/")
+                _wait_text(page, "count-devices", "4")
+                _wait_text(page, "count-online", "4")
+                assert page.locator("[data-testid=devices] tbody tr").count() == 4
+                assert "0.2.0" in page.inner_text("main")  # agent versions are listed
+                # The agent's own health samples (every 0.5 s) reach its CPU chart live.
+                page.goto(dc.url + "/#/device/pump-02")
+                page.wait_for_function(
+                    "Number(document.querySelector('[data-chart=cpu]')?.dataset.points) >= 1"
+                )
+                points = int(page.get_attribute("[data-chart=cpu]", "data-points") or 0)
+                page.wait_for_function(
+                    "n => Number(document.querySelector('[data-chart=cpu]').dataset.points) >= n",
+                    arg=points + 3,
+                )
+                assert page.locator("[data-chart=cpu] canvas").count() == 1
+                series = httpx.get(f"{dc.url}/dashboard/api/devices/pump-02/series").json()
+                assert any(v is not None for v in series["health"]["cpu"])
+                page.goto(dc.url + "/#/")
+                _wait_text(page, "count-online", "4")
+                killed = time.monotonic()
+                agent.crash()  # no DISCONNECT: the broker publishes the agent's will
+                _wait_text(page, "count-offline", "1", timeout_ms=10_000)
+                seen_after = time.monotonic() - killed
+                row = page.locator("tr[data-device=pump-02]")
+                assert row.locator(".state").inner_text() == "offline"
+                assert "lost its connection (LWT)" in _text(page, "alerts")
+                assert _text(page, "count-online") == "3"
+                screenshot(page, "overview-lwt")
+                # Not reloaded: the same document got every change over the stream.
+                assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+        finally:
+            agent.stop()  # a no-op after the crash
+            for d in devices:
+                d.close()
     assert seen_after < 10
 
 
