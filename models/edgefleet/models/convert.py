@@ -125,6 +125,10 @@ def _selective_int8(tf: Any, conv: Any, gen: Any, float_ops: tuple[str, ...]) ->
 def to_onnx(model: Any, path: Path) -> Path:
     """Export ``model`` to float32 ONNX with Keras' own exporter (dynamic batch)."""
     quiet_tensorflow()
+    if not getattr(model, "_called", True):
+        # Keras' ONNX exporter refuses a model that was loaded from disk and never called
+        # ("The model provided has never called"); one call on zeros builds its call graph.
+        model(np.zeros((1, *model.input_shape[1:]), np.float32))
     try:
         with _silenced():
             model.export(str(path), format="onnx", verbose=False)
