@@ -109,7 +109,8 @@ class DeviceResult:
     # the reading records still in the outbox at the end.
     samples: int = 0
     publish_readings: bool = False
-    left_readings: int = 0
+    # (boot_id, seq) of the reading records still in the outbox at the end.
+    left_readings: list[tuple[str, int]] = field(default_factory=list)
     error: str | None = None
 
 
@@ -346,7 +347,7 @@ class SimDevice:
         boots: dict[str, int] = {}
         dropped = 0
         left: list[tuple[str, int]] = []
-        left_readings = 0
+        left_readings: list[tuple[str, int]] = []
         if path.exists():
             box = Outbox(path, readonly=True)
             try:
@@ -354,7 +355,7 @@ class SimDevice:
                 boots, dropped = dict(stats.boots), stats.drops
                 rows = box.read_after(0, stats.depth + 1)
                 left = [(r.boot_id, r.seq) for r in rows]
-                left_readings = sum(r.stream == "readings" for r in rows)
+                left_readings = [(r.boot_id, r.seq) for r in rows if r.stream == "readings"]
             finally:
                 box.close()
         return DeviceResult(

@@ -110,12 +110,15 @@ def check_device(
     missing = produced - stored_keys - left
     expected = [c for c in result.crashes if c.connected]
     unsaved = sum(c.unsaved for c in result.crashes)
-    readings = len(set(by_table.get("readings", ())))
+    stored_readings = set(by_table.get("readings", ()))
+    readings = len(stored_readings)
     unaccounted = 0
     if result.publish_readings:
         # Each sample is one reading record: stored or still queued in the outbox, or else
-        # explained by a drop (any table's) or by the records unsaved at a crash.
-        have = readings + result.left_readings
+        # explained by a drop (any table's) or by the records unsaved at a crash. A record
+        # can be both stored and queued (its commit-ack was still on the way at the end),
+        # so the two are united by key, not added.
+        have = len(stored_readings | set(result.left_readings))
         unaccounted = max(0, result.samples - have - result.dropped - unsaved)
         unaccounted += max(0, have - result.samples)
     return DeviceCheck(
