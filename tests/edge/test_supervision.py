@@ -11,8 +11,6 @@ from edgefleet.edge.errors import SourceError, TaskFailed
 from edgefleet.edge.sources.base import Chunk
 from edgefleet.edge.sources.simulated import SimulatedSource
 from edgefleet.protocol import topics
-from edgefleet.protocol.codec import decode
-from edgefleet.protocol.messages import Status
 
 
 class FailingSource:
@@ -49,13 +47,7 @@ def test_source_error_ends_agent_and_fires_lwt(mosquitto, tmp_path, good_bundle,
     )
     runner = AgentThread(cfg, source=FailingSource(10, gone))
 
-    def states() -> list[tuple[str, str | None]]:
-        out = []
-        for m in probe.messages:
-            s = decode(m.payload)
-            assert isinstance(s, Status)
-            out.append((s.state, s.reason))
-        return out
+    states = probe.status_states
 
     try:
         runner.wait_ready()

@@ -218,13 +218,7 @@ def test_crash_fires_lwt_and_restart_is_online(mosquitto, tmp_path, good_bundle,
         tmp_path / "d", mosquitto.port, device="lwt-1", bundle=good_bundle, keys=[trusted_pub]
     )
 
-    def states() -> list[tuple[str, str | None]]:
-        out = []
-        for m in probe.messages:
-            s = decode(m.payload)
-            assert isinstance(s, Status)
-            out.append((s.state, s.reason))
-        return out
+    states = probe.status_states
 
     runner = AgentThread(make_config(text))
     runner.wait_ready()

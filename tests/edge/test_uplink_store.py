@@ -26,14 +26,12 @@ async def _until(pred) -> None:
         await asyncio.sleep(0.01)
 
 
-def test_failed_writes_are_retried_without_loss_or_holes(tmp_path):
-    path = tmp_path / "outbox.sqlite"
-    box = Outbox(path)
+def _uplink_on(box, device_id, on_store_error=None):
+    """A transport-less uplink over ``box`` whose failed writes are quick to retry."""
     # The outbox waits 5 s for a lock by default; a short wait makes each failed try quick.
     box._db.execute("PRAGMA busy_timeout=20")
     seq = Sequencer()
     box.register_boot(seq.boot_id)
-    reports: list[tuple[str, int]] = []
     db = ThreadPoolExecutor(1)
     uplink = Uplink(
         UplinkConfig(flush_interval_s=0.01),
@@ -42,10 +40,18 @@ def test_failed_writes_are_retried_without_loss_or_holes(tmp_path):
         seq,
         get_codec("msgpack"),
         fleet="default",
-        device_id="flaky-1",
+        device_id=device_id,
         db_executor=db,
-        on_store_error=lambda msg, n: reports.append((msg, n)),
+        on_store_error=on_store_error,
     )
+    return seq, db, uplink
+
+
+def test_failed_writes_are_retried_without_loss_or_holes(tmp_path):
+    path = tmp_path / "outbox.sqlite"
+    box = Outbox(path)
+    reports: list[tuple[str, int]] = []
+    _seq, db, uplink = _uplink_on(box, "flaky-1", lambda msg, n: reports.append((msg, n)))
     # Another writer holds the database: every append fails with "database is locked".
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
@@ -87,20 +93,7 @@ def test_failed_writes_are_retried_without_loss_or_holes(tmp_path):
 def test_unwritten_records_are_bounded_like_the_outbox(tmp_path):
     path = tmp_path / "outbox.sqlite"
     box = Outbox(path, max_records=8)
-    box._db.execute("PRAGMA busy_timeout=20")
-    seq = Sequencer()
-    box.register_boot(seq.boot_id)
-    db = ThreadPoolExecutor(1)
-    uplink = Uplink(
-        UplinkConfig(flush_interval_s=0.01),
-        box,
-        None,
-        seq,
-        get_codec("msgpack"),
-        fleet="default",
-        device_id="full-1",
-        db_executor=db,
-    )
+    seq, db, uplink = _uplink_on(box, "full-1")
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
 

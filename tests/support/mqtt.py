@@ -10,6 +10,9 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edgefleet.protocol.codec import decode
+from edgefleet.protocol.messages import Status
+
 
 @dataclass(frozen=True)
 class Received:
@@ -71,6 +74,15 @@ class Probe:
                     return False
                 self._cond.wait(left)
             return True
+
+    def status_states(self) -> list[tuple[str, str | None]]:
+        """(state, reason) of every status message seen, in arrival order."""
+        out = []
+        for m in self.messages:
+            s = decode(m.payload)
+            assert isinstance(s, Status), s
+            out.append((s.state, s.reason))
+        return out
 
     def close(self) -> None:
         """Disconnect and stop the network thread."""
