@@ -42,6 +42,21 @@ from edgefleet.protocol.signing import load_public_key
 
 log = logging.getLogger(__name__)
 
+_SQLITE = "sqlite:///"
+
+
+def absolute(path: Path | str) -> Path:
+    """``path`` with ``~`` expanded, made absolute against the current directory."""
+    return Path(path).expanduser().resolve()
+
+
+def absolute_sqlite_url(url: str) -> str:
+    """A ``sqlite:///relative.db`` URL made absolute; any other URL as it is."""
+    if not url.startswith(_SQLITE) or url == _SQLITE or url.startswith(_SQLITE + "/"):
+        return url
+    path = url.removeprefix(_SQLITE)
+    return url if path == ":memory:" else f"{_SQLITE}{absolute(path)}"
+
 
 @dataclass(frozen=True, slots=True)
 class Retention:
@@ -89,6 +104,26 @@ class CloudConfig:
     fl: FlServiceSettings | None = None
 
     def __post_init__(self) -> None:
+        # Children (Mosquitto, Flower's ServerApp, ingest workers) run in other directories:
+        # a relative path is made absolute once, here, against the caller's current directory.
+        set_ = object.__setattr__
+        set_(self, "workdir", absolute(self.workdir))
+        if self.registry_dir is not None:
+            set_(self, "registry_dir", absolute(self.registry_dir))
+        set_(self, "trusted_keys", tuple(absolute(p) for p in self.trusted_keys))
+        if self.db_url is not None:
+            set_(self, "db_url", absolute_sqlite_url(self.db_url))
+        if self.fl is not None:
+            key = self.fl.signing_key
+            set_(
+                self,
+                "fl",
+                replace(
+                    self.fl,
+                    workdir=absolute(self.fl.workdir),
+                    signing_key=None if key is None else absolute(key),
+                ),
+            )
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
         if self.worker_mode not in ("process", "thread"):

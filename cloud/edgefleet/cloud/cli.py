@@ -58,13 +58,20 @@ def run(
         typer.Option(help="sqlite:///path.db or postgresql://... (default: WORKDIR/edgefleet.db)"),
     ] = None,
     http: Annotated[str, typer.Option(help="HOST:PORT of the HTTP API.")] = "127.0.0.1:8080",
-    registry: Annotated[Path | None, typer.Option(help="Directory of the model registry.")] = None,
+    registry: Annotated[
+        Path | None, typer.Option(help="Directory of the model registry.", resolve_path=True)
+    ] = None,
     trusted_key: Annotated[
         list[Path] | None,
-        typer.Option(help="Public key whose signed bundles the registry accepts (repeatable)."),
+        typer.Option(
+            help="Public key whose signed bundles the registry accepts (repeatable).",
+            resolve_path=True,
+        ),
     ] = None,
     fleet: Annotated[str | None, typer.Option(help="Only this fleet (default: all).")] = None,
-    workdir: Annotated[Path, typer.Option(help="State directory.")] = Path(".edgefleet-cloud"),
+    workdir: Annotated[
+        Path, typer.Option(help="State directory (made absolute at start).", resolve_path=True)
+    ] = Path(".edgefleet-cloud"),
     workers: Annotated[int, typer.Option(help="Ingest workers (shared subscription).")] = 1,
     worker_mode: Annotated[
         str,
@@ -88,7 +95,8 @@ def run(
         float, typer.Option(help="Days to keep raw telemetry (0 keeps it forever).")
     ] = 30.0,
     ready_file: Annotated[
-        Path | None, typer.Option(help="Write the URLs here as JSON once ready (for tests).")
+        Path | None,
+        typer.Option(help="Write the URLs here as JSON once ready (for tests).", resolve_path=True),
     ] = None,
     homeassistant_fleet: Annotated[
         list[str] | None,
@@ -107,7 +115,10 @@ def run(
     ] = SeriesLimits().max_devices,
     fl_signing_key: Annotated[
         Path | None,
-        typer.Option(help="Ed25519 key that signs federated results (POST /v1/fl/runs)."),
+        typer.Option(
+            help="Ed25519 key that signs federated results (POST /v1/fl/runs).",
+            resolve_path=True,
+        ),
     ] = None,
     fl_superlink: Annotated[
         str, typer.Option(help="HOST:PORT federated runs' SuperLink binds (port 0: a free one).")

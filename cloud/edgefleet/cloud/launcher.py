@@ -35,7 +35,8 @@ class CloudProcess:
         mqtt_version: MqttVersion | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> None:
-        self.workdir = Path(workdir)
+        # What the child is handed does not depend on any current directory.
+        self.workdir = Path(workdir).expanduser().resolve()
         self.args = ["--workdir", str(self.workdir), "--http", "127.0.0.1:0"]
         if broker_url:
             self.args += ["--broker", broker_url]

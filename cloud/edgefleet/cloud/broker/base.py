@@ -38,7 +38,9 @@ class BrokerProcess:
     name = "broker"
 
     def __init__(self, workdir: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
-        self.workdir = Path(workdir)
+        # The broker runs with this as its current directory: a relative path would not be
+        # found from there, so it is made absolute against the caller's directory.
+        self.workdir = Path(workdir).expanduser().resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = host
         self.port = port or free_port(host)
