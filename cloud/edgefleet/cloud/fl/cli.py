@@ -37,7 +37,8 @@ Model = Annotated[
 Rounds = Annotated[int, typer.Option(help="Number of rounds.")]
 Epochs = Annotated[int, typer.Option(help="Local epochs per round.")]
 Lr = Annotated[float, typer.Option(help="Local SGD learning rate.")]
-Workdir = Annotated[Path, typer.Option(help="Run directory.")]
+# Made absolute here: the SuperLink and ServerApp run in directories of their own.
+Workdir = Annotated[Path, typer.Option(help="Run directory.", resolve_path=True)]
 
 
 def _progress(console: Console, total: int) -> tuple[Progress, Any]:
@@ -94,10 +95,15 @@ def start(
     db: Annotated[str | None, typer.Option(help="Cloud store URL to register the model in.")] = (
         None
     ),
-    registry: Annotated[Path | None, typer.Option(help="Cloud registry directory.")] = None,
-    key: Annotated[Path | None, typer.Option(help="Ed25519 key that signs the bundle.")] = None,
+    registry: Annotated[
+        Path | None, typer.Option(help="Cloud registry directory.", resolve_path=True)
+    ] = None,
+    key: Annotated[
+        Path | None, typer.Option(help="Ed25519 key that signs the bundle.", resolve_path=True)
+    ] = None,
     trusted_key: Annotated[
-        list[Path] | None, typer.Option(help="Public keys the registry trusts (repeatable).")
+        list[Path] | None,
+        typer.Option(help="Public keys the registry trusts (repeatable).", resolve_path=True),
     ] = None,
     margin: Annotated[float, typer.Option(help="Reject if worse than current by more.")] = 0.02,
     timeout: Annotated[float, typer.Option(help="Give up on the run after this long.")] = 3600.0,
@@ -119,7 +125,10 @@ def start(
     ] = None,
     tls_dir: Annotated[
         Path | None,
-        typer.Option(help="Serve TLS with the files `edgefleet fl certs init` wrote there."),
+        typer.Option(
+            help="Serve TLS with the files `edgefleet fl certs init` wrote there.",
+            resolve_path=True,
+        ),
     ] = None,
     node_key: Annotated[
         list[Path] | None,
