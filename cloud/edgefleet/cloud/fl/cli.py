@@ -134,7 +134,8 @@ def start(
         list[Path] | None,
         typer.Option(
             help="Enable SuperNode authentication and let in the SuperNode with this OpenSSH "
-            "public key (repeatable; from `edgefleet fl certs node-key`)."
+            "public key (repeatable; from `edgefleet fl certs node-key`).",
+            resolve_path=True,
         ),
     ] = None,
     from_version: Annotated[
