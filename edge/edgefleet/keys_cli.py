@@ -17,7 +17,9 @@ app = typer.Typer(
 
 @app.command()
 def generate(
-    out: Annotated[Path, typer.Option("--out", help="Directory to write the key pair into.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Directory to write the key pair into.", resolve_path=True)
+    ],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing key pair.")] = False,
 ) -> None:
     """Write a new Ed25519 key pair (private key mode 0600) and print its key id."""

@@ -7,6 +7,7 @@ child process, from a directory other than the one the paths are relative to.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -17,8 +18,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import click
 import httpx
 import pytest
+import typer
 from support.mqtt import Probe
 
 from edgefleet.cloud.app import CloudConfig
@@ -142,3 +145,29 @@ def test_broker_work_directory_is_absolute(tmp_path: Path, monkeypatch: pytest.M
     broker = MosquittoBroker(Path("b"))
     assert broker.workdir == tmp_path / "b"
     assert broker.command()[-1] == str(tmp_path / "b" / "mosquitto.conf")
+
+
+def _path_options(cmd: click.Command, prefix: str = "") -> list[tuple[str, click.Path]]:
+    """(command and option, its type) of every path option, sub-commands included."""
+    name = f"{prefix}{cmd.name} "
+    found = [
+        (name + param.opts[0], param.type)
+        for param in cmd.params
+        if isinstance(param, click.Option) and isinstance(param.type, click.Path)
+    ]
+    if isinstance(cmd, click.Group):
+        for sub in cmd.commands.values():
+            found += _path_options(sub, name)
+    return found
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["edgefleet.cloud.cli", "edgefleet.cloud.fl.cli", "edgefleet.models.cli", "edgefleet.keys_cli"],
+)
+def test_every_path_option_is_resolved_where_it_enters(module: str) -> None:
+    options = _path_options(typer.main.get_command(importlib.import_module(module).app))
+    assert options, f"{module} has no path options to check"
+    # `fl certs` only writes and reads files in this process: no child is handed its paths.
+    options = [(name, kind) for name, kind in options if not name.startswith(" certs ")]
+    assert [name for name, kind in options if not kind.resolve_path] == []

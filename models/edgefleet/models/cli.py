@@ -59,8 +59,13 @@ def list_models() -> None:
 @app.command()
 def build(  # noqa: PLR0917 - typer maps each parameter to an option
     name: Annotated[str, typer.Argument(help="Zoo model to build (see `models list`).")],
-    out: Annotated[Path, typer.Option("--out", help="New or empty directory for the bundle.")],
-    key: Annotated[Path, typer.Option("--key", help="Ed25519 private key that signs it.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="New or empty directory for the bundle.", resolve_path=True),
+    ],
+    key: Annotated[
+        Path, typer.Option("--key", help="Ed25519 private key that signs it.", resolve_path=True)
+    ],
     runtime: Annotated[str, typer.Option(help="litert or onnx.")] = "litert",
     quantize: Annotated[str, typer.Option(help="int8, float16, dynamic or none.")] = "int8",
     epochs: Annotated[int | None, typer.Option(help="Training epochs (model default).")] = None,
@@ -124,7 +129,9 @@ def build(  # noqa: PLR0917 - typer maps each parameter to an option
 @app.command()
 def verify(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory or .tar.gz.")],
-    pubkey: Annotated[list[Path], typer.Option("--pubkey", help="Trusted public key(s).")],
+    pubkey: Annotated[
+        list[Path], typer.Option("--pubkey", help="Trusted public key(s).", resolve_path=True)
+    ],
     golden: Annotated[bool, typer.Option(help="Also run the golden vectors.")] = True,
 ) -> None:
     """Check a bundle's signature and file hashes (and that it reproduces its golden vectors)."""
