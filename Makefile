@@ -12,8 +12,11 @@ PYTEST_WORKERS ?= 4
 PYTEST_XDIST := -n $(PYTEST_WORKERS) --maxschedchunk=1
 PYTEST_ARGS ?=
 comma := ,
+# The system packages (Mosquitto, gcc, Chromium, ...) are checked first, before the venv, and
+# installed with apt as root; without root the check stops with the command to run.
+SYSTEM_PACKAGES := PYTHON='$(PYTHON)' VENV='$(VENV)' .ci/system-packages
 
-.PHONY: venv lint typecheck layers test test-fast demo bench clean
+.PHONY: venv lint typecheck layers test test-fast demo bench clean system-test system-demo
 
 define install
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +32,17 @@ $(DEMO_STAMP): pyproject.toml
 	$(call install,all)
 	touch $(DEMO_STAMP)
 
+system-test:
+	$(SYSTEM_PACKAGES) test
+
+system-demo:
+	$(SYSTEM_PACKAGES) demo
+
+# Under `make -j` too, the check runs before a venv is made, so a missing package fails in a
+# second rather than after the pip install; `make lint` alone checks nothing.
+$(STAMP) $(DEMO_STAMP): | $(if $(filter test test-fast,$(MAKECMDGOALS)),system-test) \
+                          $(if $(filter demo,$(MAKECMDGOALS)),system-demo)
+
 venv: $(STAMP)
 
 lint: venv
@@ -41,14 +55,14 @@ typecheck: venv
 layers: venv
 	$(BIN)/lint-imports
 
-test: lint typecheck layers
+test: system-test lint typecheck layers
 	$(BIN)/pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 # The quick loop while developing: everything but the slow end-to-end tests.
-test-fast: venv
+test-fast: system-test venv
 	$(BIN)/pytest $(PYTEST_XDIST) -m "not slow" $(PYTEST_ARGS)
 
-demo: $(DEMO_STAMP)
+demo: system-demo $(DEMO_STAMP)
 	$(BIN)/edgefleet demo
 
 bench: venv
