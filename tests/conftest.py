@@ -37,7 +37,7 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBro
     Tests that stop or kill a broker use ``mosquitto_factory`` so they never disturb others.
     """
     if not mosquitto_available():
-        pytest.fail("mosquitto is not installed: apt-get install -y mosquitto (make test installs it as root)")
+        pytest.fail("mosquitto is not installed: apt-get install -y mosquitto (make test does it)")
     broker = MosquittoBroker(tmp_path_factory.mktemp("mosquitto")).start()
     yield broker
     broker.stop()

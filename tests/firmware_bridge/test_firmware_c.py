@@ -48,7 +48,7 @@ VECTORS = json.loads((FIRMWARE / "vectors.json").read_text())["vectors"]
 def ef_host(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The host build of the C reference, compiled with gcc for this test session."""
     if shutil.which("gcc") is None and shutil.which("cc") is None:
-        pytest.fail("gcc is not installed: apt-get install -y gcc libc6-dev (make test installs it as root)")
+        pytest.fail("gcc is not installed: apt-get install -y gcc libc6-dev (make test does it)")
     build = tmp_path_factory.mktemp("ef_host")
     subprocess.run(
         ["make", "-s", "-C", str(FIRMWARE), f"BUILD={build}"],

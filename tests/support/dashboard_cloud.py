@@ -50,7 +50,7 @@ def chromium(viewport: dict[str, int] | None = None) -> Iterator[object]:
         # A skip here would let CI pass with no browser test run at all.
         pytest.fail("playwright is not installed: pip install -e '.[dev]' (it is in the dev extra)")
     if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed: apt-get install -y chromium (make test installs it as root)")
+        pytest.fail("chromium is not installed: apt-get install -y chromium (make test does it)")
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
