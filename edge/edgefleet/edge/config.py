@@ -214,9 +214,15 @@ def _key_of(msg: str) -> str:
 
 
 def parse_config(
-    text: str, env: Mapping[str, str] | None = None, origin: str = "config"
+    text: str,
+    env: Mapping[str, str] | None = None,
+    origin: str = "config",
+    base: Path | None = None,
 ) -> AgentConfig:
-    """Parse and validate TOML text into an :class:`AgentConfig`, raising ConfigError."""
+    """Parse and validate TOML text into an :class:`AgentConfig`, raising ConfigError.
+
+    Relative paths in it are made absolute against ``base`` (the current directory if None).
+    """
     text = substitute_env(text, os.environ if env is None else env)
     try:
         raw = tomllib.loads(text)
@@ -229,7 +235,7 @@ def parse_config(
     except msgspec.ValidationError as exc:
         msg = str(exc)
         key = _key_of(msg)
-        base = msg.split(" - at ", maxsplit=1)[0]
+        problem = msg.split(" - at ", maxsplit=1)[0]
         if "Object contains unknown field" in msg:
             field = re.search(r"`([^`]*)`", msg)
             name = field.group(1) if field else "?"
@@ -247,9 +253,51 @@ def parse_config(
             )
             raise ConfigError(f"{origin}: {full} is required; {hint}") from None
         hint = _FIX.get(key, "see docs/configuration.md")
-        raise ConfigError(f"{origin}: {key or 'config'}: {base}; {hint}") from None
+        raise ConfigError(f"{origin}: {key or 'config'}: {problem}; {hint}") from None
+    cfg = resolve_paths(cfg, Path.cwd() if base is None else base)
     _check(cfg, origin)
     return cfg
+
+
+def _under(base: Path, value: str) -> str:
+    return str((base / Path(value).expanduser()).resolve())
+
+
+def resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
+    """``cfg`` with every relative file path made absolute against ``base``.
+
+    The agent hands these to children that run elsewhere (the SuperNode runs in its state
+    directory) and keeps them for the whole run, so they are fixed once, when the file is read.
+    """
+    base = base.expanduser().resolve()
+
+    def opt(value: str | None) -> str | None:
+        return _under(base, value) if value else value
+
+    m, src, model, fl = cfg.mqtt, cfg.source, cfg.model, cfg.fl
+    # A bare command name is looked up on PATH; only one with a slash is a path.
+    supernode = _under(base, fl.supernode_bin) if "/" in fl.supernode_bin else fl.supernode_bin
+    return msgspec.structs.replace(
+        cfg,
+        device=msgspec.structs.replace(cfg.device, data_dir=_under(base, cfg.device.data_dir)),
+        mqtt=msgspec.structs.replace(
+            m, ca_file=opt(m.ca_file), cert_file=opt(m.cert_file), key_file=opt(m.key_file)
+        ),
+        source=msgspec.structs.replace(src, path=opt(src.path) or ""),
+        model=msgspec.structs.replace(
+            model,
+            bundle=opt(model.bundle),
+            trusted_keys=[_under(base, k) for k in model.trusted_keys],
+        ),
+        outbox=msgspec.structs.replace(cfg.outbox, path=opt(cfg.outbox.path) or ""),
+        fl=msgspec.structs.replace(
+            fl,
+            root_certificates=opt(fl.root_certificates),
+            auth_private_key=opt(fl.auth_private_key),
+            auth_public_key=opt(fl.auth_public_key),
+            supernode_bin=supernode,
+        ),
+    )
 
 
 def _check(cfg: AgentConfig, origin: str) -> None:
@@ -321,12 +369,14 @@ def _check_serial(src: SourceConfig, origin: str) -> None:
 
 
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> AgentConfig:
-    """Read and validate a TOML config file."""
+    """Read and validate a TOML config file; relative paths in it are from its directory."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    return parse_config(text, env, origin=str(path))
+    # Paths in a file are relative to the file, as for keys and certificates shipped beside it:
+    # the agent then behaves the same whatever directory it is started from.
+    return parse_config(text, env, origin=str(path), base=Path(path).absolute().parent)
 
 
 def apply_runtime_change(cfg: AgentConfig, values: Mapping[str, Scalar]) -> AgentConfig:
