@@ -131,3 +131,9 @@ class InvariantViolation(EdgefleetError):
 
     reason = "invariant"
     exit_code = 6
+
+
+class Incompatible(BundleError):
+    """A bundle does not fit the device (channels, sample rate, runtime, task, input spec)."""
+
+    reason = "incompatible"

@@ -10,6 +10,7 @@ from edgefleet.protocol.messages import (
     CommandAck,
     Commit,
     CommitRange,
+    DeviceProfile,
     DriftSketch,
     Envelope,
     Event,
@@ -53,6 +54,13 @@ def examples(
                 model="vibration-anomaly",
                 model_version="1.0.0",
                 reason="start",
+                profile=DeviceProfile(
+                    channels=["ax", "ay", "az"],
+                    sample_rate_hz=400.0,
+                    runtimes=["litert", "onnx"],
+                    task="anomaly",
+                    labels=[],
+                ),
             ),
         ),
         (

@@ -34,6 +34,8 @@ Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 Timestamp = Annotated[float, Meta(ge=0)]
 Text = Annotated[str, Meta(max_length=4096)]
 Version = Annotated[str, Meta(max_length=64)]
+# A channel, label, runtime or task name inside a device profile.
+Name = Annotated[str, Meta(max_length=128)]
 Scalar = str | int | float | bool | None
 # A model output or a sensor value: null on the wire stands for NaN or an infinity, which JSON
 # cannot carry (docs/protocol.md, "Numbers"). A Sequence, so that producers pass list[float].
@@ -53,6 +55,22 @@ class Envelope(Struct, frozen=True, kw_only=True, tag_field="schema"):
 # ---------------------------------------------------------------- device → cloud
 
 
+class DeviceProfile(Struct, frozen=True, kw_only=True):
+    """What a device offers a model: its source, its runtimes and the task it serves now.
+
+    Sent in the retained birth (``Status.profile``). ``task`` and ``labels`` describe the
+    model of the same status message (``Status.model``/``model_version``): ``task`` is
+    ``None`` while the device serves no model, and then any task fits. Other ``None`` fields
+    are unknown, not empty.
+    """
+
+    channels: Annotated[list[Name], Meta(max_length=1024)] | None = None
+    sample_rate_hz: Annotated[float, Meta(gt=0, le=1e9)] | None = None
+    runtimes: Annotated[list[Name], Meta(max_length=16)] | None = None
+    task: Name | None = None
+    labels: Annotated[list[Name], Meta(max_length=4096)] | None = None
+
+
 class Status(Envelope, frozen=True, kw_only=True, tag="status/1"):
     """Retained birth ("online") or will / shutdown ("offline") of a device."""
 
@@ -62,6 +80,8 @@ class Status(Envelope, frozen=True, kw_only=True, tag="status/1"):
     model_version: Version | None = None
     # "start", "shutdown", "lwt" (broker-published will: the device died or lost its link)
     reason: Literal["start", "shutdown", "lwt"] | None = None
+    # What the device offers a model (edgefleet.protocol.compat); None from older agents.
+    profile: DeviceProfile | None = None
 
 
 class Health(Envelope, frozen=True, kw_only=True, tag="health/1"):
@@ -199,6 +219,8 @@ class AssignModel(Command, frozen=True, kw_only=True, tag="assign-model/1"):
     runtime: Literal["litert", "onnx"] | None = None
     # The rollout and wave this assignment belongs to, if any (staged rollout builds on it).
     rollout_id: str | None = None
+    # The operator repurposes the device: another task or label set than it serves now.
+    allow_task_change: bool = False
 
 
 class SetConfig(Command, frozen=True, kw_only=True, tag="set-config/1"):
