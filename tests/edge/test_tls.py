@@ -15,6 +15,7 @@ from support.edge_agent import AgentThread, agent_toml, make_config
 from support.mqtt import Received
 from support.tls_certs import CertAuthority, Pki, TlsProbe, make_pki, tls_listener
 
+from edgefleet.cli import main
 from edgefleet.cloud.broker import MosquittoBroker
 from edgefleet.cloud.broker.base import free_port
 from edgefleet.edge.config import AgentConfig
@@ -205,6 +206,42 @@ def test_refused_agent_retries_and_keeps_its_records(
     finally:
         again.stop()
         acker.close()
+
+
+@pytest.mark.parametrize(
+    ("password", "code", "found"),
+    [
+        (PASSWORD, 0, "broker: connected to mqtts://127.0.0.1:{port} in "),
+        (
+            "wrong",
+            7,
+            "broker: cannot connect to mqtts://127.0.0.1:{port}: the broker refused the "
+            "connection: CONNACK Not authorized (code 135) (check mqtt.username",
+        ),
+    ],
+)
+def test_agent_check_uses_tls_and_credentials(
+    password: str,
+    code: int,
+    found: str,
+    tls_broker: TlsBroker,
+    tmp_path: Path,
+    good_bundle: Path,
+    trusted_pub: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tb = tls_broker
+    text = agent_toml(
+        tmp_path / "d", tb.tls_port, device=USER, bundle=good_bundle, keys=[trusted_pub]
+    )
+    path = tmp_path / "agent.toml"
+    path.write_text(_with_tls(text, _tls_lines(tb.pki, password=password)))
+    assert main(["agent", "check", "--config", str(path), "--windows", "1"]) == code
+    out = capsys.readouterr().out
+    line = next(s for s in out.splitlines() if s.startswith("broker:"))
+    assert line.startswith(found.format(port=tb.tls_port)), line
+    if code == 0:
+        assert f"TLS, user {USER}" in line, line
 
 
 @pytest.mark.parametrize("key", ["ca_file", "cert_file", "key_file"])

@@ -46,14 +46,37 @@ def run(
 def check(
     config: ConfigOpt,
     windows: Annotated[int, typer.Option(help="How many results to compute.")] = 3,
+    broker: Annotated[
+        bool,
+        typer.Option(
+            help="Also connect to the broker the config names (CONNACK, then DISCONNECT)."
+        ),
+    ] = True,
+    broker_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds to wait for the broker's CONNACK.")
+    ] = 5.0,
 ) -> None:
-    """One dry pass: read samples, infer, print what would be sent; publish and store nothing."""
+    """Connect to the broker, then one dry pass: read, infer, print; publish and store nothing.
+
+    Exits 7 when the broker cannot be reached or refuses the connection (after the dry pass,
+    so one run reports both).
+    """
     from edgefleet.edge.dryrun import dry_run
 
     cfg = load_config(config)
     console = Console()
+    found = None
+    if broker:
+        from edgefleet.edge.transport.check import check_broker
+
+        found = check_broker(cfg.mqtt, cfg.device.id, broker_timeout)
+        console.print(found.line(), highlight=False, soft_wrap=True)
     for line in asyncio.run(dry_run(cfg, windows)):
         console.print(line, highlight=False, soft_wrap=True)
+    if found is not None and not found.connected:
+        from edgefleet.edge.transport.check import BrokerUnreachable
+
+        raise BrokerUnreachable(f"{found.url}: {found.detail}")
 
 
 @app.command("config-sample")

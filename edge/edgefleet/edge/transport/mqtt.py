@@ -19,6 +19,7 @@ import logging
 import random
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,44 @@ from edgefleet.edge.errors import TransportError
 from edgefleet.edge.transport.base import LinkHandler
 
 log = logging.getLogger(__name__)
+
+# While the broker stays unreachable, one line per this many seconds (each attempt at debug).
+OUTAGE_LOG_EVERY_S = 60.0
+
+
+def broker_url(cfg: MqttConfig) -> str:
+    """``mqtt://host:port`` (``mqtts://`` with TLS), as logs and ``agent check`` name the broker."""
+    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    return f"{'mqtts' if cfg.tls else 'mqtt'}://{host}:{cfg.port}"
+
+
+def configure_client(client: mqtt.Client, cfg: MqttConfig) -> None:
+    """Apply the config's credentials and TLS settings to a paho client."""
+    if cfg.username is not None:
+        client.username_pw_set(cfg.username, cfg.password)
+    if cfg.tls:
+        try:
+            client.tls_set(
+                ca_certs=cfg.ca_file,
+                certfile=cfg.cert_file,
+                keyfile=cfg.key_file,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise TransportError(f"cannot set up TLS: {exc}") from None
+
+
+def describe_reason(rc: Any, *, from_broker: bool = True) -> str:
+    """A reason code as operators read it: its name, its number, and what paho's name hides."""
+    name = str(rc)
+    value = getattr(rc, "value", None)
+    if not from_broker and name == "Unspecified error":
+        # paho reports a socket that closed under it (broker killed, network gone) this way.
+        return "connection lost (the broker closed the socket or the network dropped)"
+    if name == "Keep alive timeout":
+        return "keepalive timeout (the broker stopped answering pings)"
+    return f"{name} (code {value})" if value is not None else name
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +118,11 @@ class MqttTransport:
         # Times the kernel's send buffer was full and the socket had to be watched for writes.
         self.write_stalls = 0
         self.last_error = ""
+        self.url = broker_url(cfg)
+        # Failed attempts since the last session (or the start), for one log line per outage.
+        self._failures = 0
+        self._down_since: float | None = None
+        self._last_outage_log = 0.0
 
     # ------------------------------------------------------------------ state
 
@@ -115,6 +159,8 @@ class MqttTransport:
         """Keep a session up until :meth:`close` or :meth:`abort`."""
         loop = self._loop = self._loop or asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        auth = f", user {self.cfg.username}" if self.cfg.username is not None else ""
+        log.info("%s: connecting to the broker at %s%s", self.client_id, self.url, auth)
         attempt = 0
         while not self._closing:
             ok = await self._connect_once(loop)
@@ -145,19 +191,7 @@ class MqttTransport:
         )
         client.max_inflight_messages_set(cfg.max_inflight)
         client.max_queued_messages_set(0)
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls:
-            try:
-                client.tls_set(
-                    ca_certs=cfg.ca_file,
-                    certfile=cfg.cert_file,
-                    keyfile=cfg.key_file,
-                    cert_reqs=ssl.CERT_REQUIRED,
-                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
-                )
-            except (ssl.SSLError, OSError, ValueError) as exc:
-                raise TransportError(f"cannot set up TLS: {exc}") from None
+        configure_client(client, cfg)
         will = self._will() if callable(self._will) else self._will
         client.will_set(will.topic, will.payload, qos=1, retain=True)
         client.on_connect = self._on_connect
@@ -183,11 +217,10 @@ class MqttTransport:
                 lambda: client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s),
             )
         except (OSError, ssl.SSLError, ValueError) as exc:
-            self.last_error = f"connect to {self.cfg.host}:{self.cfg.port}: {exc}"
-            # A broker that is down comes back by itself; a TLS failure (wrong CA, expired or
-            # refused certificate) needs an operator, so it must show at the default log level.
-            level = logging.WARNING if isinstance(exc, ssl.SSLError) else logging.INFO
-            log.log(level, "%s: %s", self.client_id, self.last_error)
+            self.last_error = f"cannot reach the broker at {self.url}: {exc}"
+            # A TLS failure (wrong CA, expired or refused certificate) needs an operator: every
+            # attempt shows. A broker that is down comes back by itself: one line per outage.
+            self._attempt_failed(always=isinstance(exc, ssl.SSLError))
             self._drop_socket()
             return False
         if self._closing:
@@ -198,11 +231,42 @@ class MqttTransport:
             ok = await asyncio.wait_for(asyncio.shield(self._connack), self.cfg.connect_timeout_s)
         except TimeoutError:
             ok = False
-            self.last_error = "no CONNACK in time"
+            self.last_error = (
+                f"the broker at {self.url} accepted the socket but sent no CONNACK within "
+                f"{self.cfg.connect_timeout_s:g} s"
+            )
+            self._attempt_failed()
         if not ok:
             self._drop_socket()
             return False
         return True
+
+    def _attempt_failed(self, *, always: bool = False) -> None:
+        """Log a failed attempt: the first of an outage, then one line a minute, else debug."""
+        now = time.monotonic()
+        self._failures += 1
+        if self._down_since is None:
+            self._down_since = now
+        first = self._failures == 1
+        if always or first or now - self._last_outage_log >= OUTAGE_LOG_EVERY_S:
+            self._last_outage_log = now
+            if first:
+                log.warning(
+                    "%s: %s; retrying with backoff (up to %g s), records wait in the outbox",
+                    self.client_id,
+                    self.last_error,
+                    self.cfg.reconnect_max_s,
+                )
+            else:
+                log.warning(
+                    "%s: still no broker after %d attempts over %.0f s: %s",
+                    self.client_id,
+                    self._failures,
+                    now - self._down_since,
+                    self.last_error,
+                )
+        else:
+            log.debug("%s: %s", self.client_id, self.last_error)
 
     async def close(self, final: tuple[str, bytes] | None = None, wait_s: float = 5.0) -> None:
         """Send ``final`` as a retained QoS 1 message, wait for its PUBACK, then DISCONNECT."""
@@ -226,6 +290,13 @@ class MqttTransport:
 
     def abort(self) -> None:
         """Close the socket with no DISCONNECT: to the broker this is a crash, so the will fires."""
+        if self._connected:
+            log.info(
+                "%s: dropped the connection to %s without DISCONNECT (the broker publishes "
+                "the will)",
+                self.client_id,
+                self.url,
+            )
         self._closing = True
         self._drop_socket()
         self._connected = False
@@ -234,15 +305,41 @@ class MqttTransport:
 
     # ------------------------------------------------------------------ paho callbacks
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, rc: Any, _p: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
         if client is not self._client:
             return
         if rc.is_failure:
-            self.last_error = f"broker refused the connection: {rc}"
-            log.warning("%s: %s", self.client_id, self.last_error)
+            self.last_error = (
+                f"the broker at {self.url} refused the connection: CONNACK {describe_reason(rc)}"
+            )
+            if rc.value in (4, 5, 134, 135):
+                self.last_error += " (check mqtt.username, mqtt.password and the broker's ACL)"
+            # A refusal needs an operator, as a TLS failure does: every attempt shows.
+            self._attempt_failed(always=True)
             if self._connack is not None and not self._connack.done():
                 self._connack.set_result(False)
             return
+        if self._down_since is not None and self._failures:
+            log.info(
+                "%s: connected to %s after %d failed attempts over %.1f s (CONNACK %s, "
+                "session present: %s)",
+                self.client_id,
+                self.url,
+                self._failures,
+                time.monotonic() - self._down_since,
+                rc,
+                bool(getattr(flags, "session_present", False)),
+            )
+        else:
+            log.info(
+                "%s: connected to %s (CONNACK %s, session present: %s)",
+                self.client_id,
+                self.url,
+                rc,
+                bool(getattr(flags, "session_present", False)),
+            )
+        self._failures = 0
+        self._down_since = None
         for flt in self._subs:
             client.subscribe(flt, qos=1)
         if self._birth is not None:
@@ -254,7 +351,7 @@ class MqttTransport:
             self._connack.set_result(True)
         self._handler.on_connected()
 
-    def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+    def _on_disconnect(self, client: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
         if client is not self._client:
             return
         was = self._connected
@@ -265,7 +362,19 @@ class MqttTransport:
         if self._session_down is not None:
             self._session_down.set()
         if was:
-            self.last_error = f"connection lost: {rc}"
+            from_broker = bool(getattr(flags, "is_disconnect_packet_from_server", False))
+            reason = describe_reason(rc, from_broker=from_broker)
+            self.last_error = f"connection lost: {reason}"
+            if self._closing:
+                log.info("%s: disconnected from %s (shutdown)", self.client_id, self.url)
+            else:
+                log.warning(
+                    "%s: disconnected from %s: %s; reconnecting, records wait in the outbox",
+                    self.client_id,
+                    self.url,
+                    reason,
+                )
+                self._down_since = time.monotonic()
             self._handler.on_disconnected()
 
     def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
