@@ -21,6 +21,7 @@ from edgefleet.cloud.store.base import (
     TelemetryStore,
 )
 from edgefleet.cloud.store.migrations import LATEST
+from edgefleet.protocol.messages import DeviceProfile
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -125,6 +126,77 @@ def test_status_of_an_old_boot_never_overrides_a_newer_one(store: TelemetryStore
     assert state() == (True, "start", "boot3")
     _status(store, False, "shutdown", "boot4", 600.0)  # a newer boot's offline applies
     assert state() == (False, "shutdown", "boot4")
+
+
+def test_birth_profile_is_kept_with_the_model_it_describes(store: TelemetryStore) -> None:
+    profile = DeviceProfile(
+        channels=["ax", "ay", "az"], sample_rate_hz=400.0, runtimes=["litert"], task="anomaly",
+        labels=[],
+    )  # fmt: skip
+    b = IngestBatch()
+    b.devices["d1"] = DeviceUpdate("d1", "f1", time.time())
+    b.devices["d1"].status = StatusUpdate(True, "start", "b1", "1", "vib", "1.0.0", 10.0, profile)
+    store.write_batch(b)
+    want = {
+        "channels": ["ax", "ay", "az"], "sample_rate_hz": 400.0, "runtimes": ["litert"],
+        "task": "anomaly", "labels": [], "model": "vib@1.0.0",
+    }  # fmt: skip
+    assert store.device("d1").profile == want
+    # A will without a profile keeps what the birth said ...
+    _status(store, False, "lwt", "b1", 11.0)
+    assert store.device("d1").profile == want
+    # ... a birth without one (the agent was downgraded) says the device reports none.
+    _status(store, True, "start", "b2", 12.0)
+    assert store.device("d1").profile is None
+
+
+def test_forget_device_keeps_telemetry_unless_purged(store: TelemetryStore) -> None:
+    for device in ("d1", "d2"):
+        b = _batch(device, "b1", [0, 1])
+        b.records["events"] = [(device, "b1", 2, 1.0, 1.0, "boot", "info", "", "{}")]
+        b.quarantine.append(QuarantineEntry(1.0, "undecodable", "t", device, "x", 1, b"!"))
+        store.write_batch(b)
+    assert store.forget_device("d1") == {"devices": 1}
+    with pytest.raises(NotFound):
+        store.device("d1")
+    assert store.record_keys("readings", "d1") == [("b1", 0), ("b1", 1)]
+    deleted = store.forget_device("d2", purge=True)
+    assert (deleted["devices"], deleted["readings"], deleted["events"]) == (1, 2, 1)
+    assert deleted["quarantine"] == 1
+    assert store.record_keys("readings", "d2") == []
+    assert store.record_keys("readings", "d1") == [("b1", 0), ("b1", 1)]  # d1's history stays
+    assert [q.device_id for q in store.quarantined()] == ["d1"]
+    with pytest.raises(NotFound):
+        store.forget_device("d2")
+
+
+def test_delete_model_refused_while_served_or_in_flight(store: TelemetryStore) -> None:
+    store.put_model(_model())
+    store.put_model(_model("1.1.0", "c" * 64))
+    b = IngestBatch()
+    b.devices["d1"] = DeviceUpdate("d1", "f1", time.time())
+    b.devices["d1"].status = StatusUpdate(True, "start", "b1", "", "kws", "1.0.0", 1.0)
+    store.write_batch(b)
+    now = time.time()
+    store.create_assignment(
+        Assignment(
+            id="a-9", fleet="f1", model="kws", version="1.1.0", sha256="c" * 64, size=10,
+            url="u", selector_kind="device", selector=("d2",), created_at=now,
+            targets=(AssignmentTarget("d2", "pending", None, None, now),),
+        )
+    )  # fmt: skip
+    with pytest.raises(Conflict, match="served by d1") as served:
+        store.delete_model("kws", "1.0.0")
+    assert served.value.reason == "model-in-use"
+    with pytest.raises(Conflict, match=r"in flight to d2 \(a-9\)"):
+        store.delete_model("kws", "1.1.0")
+    # Once the device answered, the version is no longer in flight and may go.
+    store.set_target_state("a-9", "d2", "refused", reason="incompatible", at=now)
+    assert store.delete_model("kws", "1.1.0").version == "1.1.0"
+    assert [m.version for m in store.models("kws")] == ["1.0.0"]
+    assert store.assignment("a-9").targets[0].state == "refused"  # the history stays
+    with pytest.raises(NotFound):
+        store.delete_model("kws", "1.1.0")
 
 
 def test_tags_and_filters(store: TelemetryStore) -> None:

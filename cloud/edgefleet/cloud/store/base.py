@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from edgefleet.protocol.messages import DeviceProfile
+
 # Record tables and their columns. Every record table starts with the record identity
 # (device_id, boot_id, seq) that the unique constraint dedupes on, then received_at (cloud
 # clock) and t (device clock; order within a boot by seq, never by t).
@@ -80,6 +82,8 @@ class StatusUpdate:
     model_version: str | None
     # The sender's clock: orders statuses of different boots (see :func:`supersedes`).
     sent_at: float = 0.0
+    # What the device offers a model (``Status.profile``); None from agents before it.
+    profile: DeviceProfile | None = None
 
 
 def supersedes(new: StatusUpdate, old: StatusUpdate) -> bool:
@@ -196,6 +200,10 @@ class DeviceState:
     outbox_drops: int | None
     # Sender clock of the status the row holds (migration 2; None before the first status).
     status_at: float | None = None
+    # The birth's device profile (migration 3): channels, sample_rate_hz, runtimes, task,
+    # labels, and ``model``, the name@version its task and labels describe. None from agents
+    # that do not report one.
+    profile: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +301,10 @@ class TelemetryStore(Protocol):
         """Replace the tags of a known device."""
         ...
 
+    def forget_device(self, device_id: str, *, purge: bool = False) -> dict[str, int]:
+        """Delete a known device's row; ``purge`` also its records; rows deleted per table."""
+        ...
+
     def records(
         self,
         table: RecordTable,
@@ -335,6 +347,10 @@ class TelemetryStore(Protocol):
 
     def model(self, name: str, version: str) -> ModelVersion:
         """One version, or :class:`NotFound`."""
+        ...
+
+    def delete_model(self, name: str, version: str) -> ModelVersion:
+        """Unregister a version unless a device serves it or an assignment of it is in flight."""
         ...
 
     def create_assignment(self, assignment: Assignment) -> Assignment:

@@ -166,5 +166,8 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (2, "devices.status_at orders statuses across boots", [
         "ALTER TABLE devices ADD COLUMN status_at {real}",
     ]),
+    (3, "devices.profile: what a device offers a model (compatibility checks)", [
+        "ALTER TABLE devices ADD COLUMN profile TEXT",
+    ]),
 ]  # fmt: skip
 LATEST = MIGRATIONS[-1][0]

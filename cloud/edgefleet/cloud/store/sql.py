@@ -11,6 +11,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+import msgspec
+
 from edgefleet.cloud.errors import Conflict, NotFound, SchemaTooNew
 from edgefleet.cloud.store.base import (
     JSON_COLUMNS,
@@ -24,6 +26,7 @@ from edgefleet.cloud.store.base import (
     ModelVersion,
     QuarantineEntry,
     RecordTable,
+    StatusUpdate,
     TargetState,
     WriteResult,
 )
@@ -178,12 +181,16 @@ class SqlStore(ABC):
         )
         st = dev.status
         if st is not None:
+            profile = _profile_json(st)
             # The same rule as base.supersedes: workers sharing a subscription may store a
             # late LWT of an old boot after the new boot's birth.
             cur.execute(
                 "UPDATE devices SET online = ?, status_reason = ?, boot_id = ?, status_at = ?, "
                 "agent_version = CASE WHEN ? <> '' THEN ? ELSE agent_version END, "
-                "model = COALESCE(?, model), model_version = COALESCE(?, model_version) "
+                "model = COALESCE(?, model), model_version = COALESCE(?, model_version), "
+                # A birth says what the device is now (no profile: an older agent); a will
+                # or shutdown without one keeps what the birth said.
+                "profile = CASE WHEN ? = 1 THEN ? ELSE COALESCE(?, profile) END "
                 "WHERE device_id = ? AND (boot_id IS NULL OR status_at IS NULL OR boot_id = ? "
                 "OR (? = 1 AND online = 0) OR status_at <= ?)",
                 (
@@ -195,6 +202,9 @@ class SqlStore(ABC):
                     st.agent_version,
                     st.model,
                     st.model_version,
+                    int(st.online),
+                    profile,
+                    profile,
                     dev.device_id,
                     st.boot_id,
                     int(st.online),
@@ -270,6 +280,25 @@ class SqlStore(ABC):
         if n == 0:
             raise NotFound(f"no device {device_id!r} has been seen by this cloud")
         return self.device(device_id)
+
+    def forget_device(self, device_id: str, *, purge: bool = False) -> dict[str, int]:
+        """Delete a device's row (state, tags, profile); ``purge`` also deletes its records.
+
+        Without ``purge`` its telemetry, events, command acks and quarantine rows stay, as
+        history. Assignment targets always stay: an assignment's record is kept whole.
+        """
+        out: dict[str, int] = {}
+        with self._lock, self._transaction() as cur:
+            n = cur.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))
+            if n == 0:
+                raise NotFound(f"no device {device_id!r} has been seen by this cloud")
+            out["devices"] = n
+            if purge:
+                for table in (*RECORD_COLUMNS, "quarantine"):
+                    out[table] = cur.execute(
+                        f"DELETE FROM {table} WHERE device_id = ?", (device_id,)
+                    )
+        return out
 
     # -- records ---------------------------------------------------------------------------
     def records(
@@ -403,6 +432,43 @@ class SqlStore(ABC):
             raise NotFound(f"model {name}@{version} is not in the registry: push it first")
         return _model(rows[0])
 
+    def delete_model(self, name: str, version: str) -> ModelVersion:
+        """Unregister a version (returned) unless a device serves it or it is in flight."""
+        model = self.model(name, version)
+        with self._lock, self._transaction() as cur:
+            serving = cur.query(
+                "SELECT device_id FROM devices WHERE model = ? AND model_version = ? "
+                "ORDER BY device_id",
+                (name, version),
+            )
+            flight = cur.query(
+                "SELECT t.device_id, a.id FROM assignment_targets t JOIN assignments a "
+                "ON a.id = t.assignment_id WHERE a.model = ? AND a.version = ? "
+                f"AND t.state NOT IN ({_TERMINAL_SQL}) ORDER BY t.device_id",
+                (name, version),
+            )
+            if serving or flight:
+                why = []
+                if serving:
+                    why.append(
+                        "served by "
+                        + ", ".join(str(r["device_id"]) for r in serving[:10])
+                        + (f" and {len(serving) - 10} more" if len(serving) > 10 else "")
+                    )
+                if flight:
+                    why.append(
+                        "in flight to "
+                        + ", ".join(f"{r['device_id']} ({r['id']})" for r in flight[:10])
+                        + (f" and {len(flight) - 10} more" if len(flight) > 10 else "")
+                    )
+                raise Conflict(
+                    f"{model.ref} is still in use ({'; '.join(why)}): assign another version "
+                    "to those devices and wait for their answers first",
+                    reason="model-in-use",
+                )
+            cur.execute("DELETE FROM models WHERE name = ? AND version = ?", (name, version))
+        return model
+
     # -- assignments -----------------------------------------------------------------------
     def create_assignment(self, assignment: Assignment) -> Assignment:
         """Store an assignment and its pending targets."""
@@ -517,10 +583,20 @@ def _range(
     return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
+def _profile_json(st: StatusUpdate) -> str | None:
+    if st.profile is None:
+        return None
+    data = msgspec.to_builtins(st.profile)
+    data["model"] = f"{st.model}@{st.model_version}" if st.model else None
+    return json.dumps(data)
+
+
 def _device(r: dict[str, Any]) -> DeviceState:
     fields = dict(r)
     fields["online"] = bool(fields["online"])
     fields["tags"] = tuple(json.loads(fields["tags"] or "[]"))
+    raw = fields.get("profile")
+    fields["profile"] = json.loads(raw) if raw else None
     return DeviceState(**fields)
 
 
