@@ -32,9 +32,9 @@ def cache_root() -> Path:
     """Where bundles are cached: ``$EDGEFLEET_CACHE_DIR`` or ``$XDG_CACHE_HOME/edgefleet/sim``."""
     env = os.environ.get("EDGEFLEET_CACHE_DIR")
     if env:
-        return Path(env)
+        return Path(env).expanduser().resolve()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edgefleet" / "sim"
+    return (Path(base) / "edgefleet" / "sim").expanduser().resolve()
 
 
 def zoo_version() -> str:
@@ -67,7 +67,8 @@ class BundleCache:
     """Builds and caches signed reference bundles (LiteRT int8) under one signing key."""
 
     def __init__(self, root: Path | None = None) -> None:
-        self.root = Path(root) if root is not None else cache_root()
+        # Absolute: the signing key's path reaches the FL ServerApp, which runs elsewhere.
+        self.root = Path(root).expanduser().resolve() if root is not None else cache_root()
         self.root.mkdir(parents=True, exist_ok=True)
 
     @contextmanager

@@ -63,12 +63,16 @@ def run(  # noqa: PLR0917 - typer maps each parameter to an option
     ] = 90.0,
 ) -> None:
     """Run N real agents against a broker and the cloud, play the timeline, check invariants."""
-    from edgefleet.simulators.fleet import SimOptions, Simulation
+    from edgefleet.simulators.fleet import SimOptions, Simulation, absolute
+    from edgefleet.simulators.live import make_console
     from edgefleet.simulators.scenario import default_scenario, load_scenario
 
     if cloud is not None and with_cloud:
         raise ConfigError("give --cloud URL or --with-cloud, not both")
-    console = Console()
+    # Absolute once, here: child processes (broker, SuperLink, ServerApp) run elsewhere.
+    workdir = absolute(workdir)
+    report = absolute(report) if report is not None else None
+    console = make_console()
     workdir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
         filename=str(workdir / "sim.log"),

@@ -39,6 +39,12 @@ class CloudView(Protocol):
         """Assignments, newest first, with each target's state."""
         ...
 
+    def records(
+        self, table: RecordTable, device_id: str, since: float, until: float, limit: int
+    ) -> list[dict[str, Any]]:
+        """A device's records of one table with ``since <= t < until``, newest first."""
+        ...
+
     def stored(self) -> int | None:
         """Records stored so far (for the live view; None when unknown)."""
         ...
@@ -61,6 +67,12 @@ class StoreView:
     def assignments(self, limit: int = 1000) -> list[Assignment]:
         """Assignments, newest first."""
         return self.store.assignments(limit=limit)
+
+    def records(
+        self, table: RecordTable, device_id: str, since: float, until: float, limit: int
+    ) -> list[dict[str, Any]]:
+        """A device's records in a time range, from the store."""
+        return self.store.records(table, device_id=device_id, since=since, until=until, limit=limit)
 
     def stored(self) -> int | None:
         """Rows in every record table."""
@@ -118,6 +130,17 @@ class ApiView:
         """``GET /v1/assignments``."""
         rows = self.client.request("GET", f"/v1/assignments?limit={limit}")
         return msgspec.convert(rows, list[Assignment])
+
+    def records(
+        self, table: RecordTable, device_id: str, since: float, until: float, limit: int
+    ) -> list[dict[str, Any]]:
+        """``GET /v1/telemetry/{table}?device=...&since=...&until=...``."""
+        rows: list[dict[str, Any]] = self.client.request(
+            "GET",
+            f"/v1/telemetry/{table}?device={quote(device_id)}&since={since!r}"
+            f"&until={until!r}&limit={min(limit, API_PAGE)}",
+        )
+        return rows
 
     def stored(self) -> int | None:
         """Records ingested, from the cloud's Prometheus counters (None if it does not say)."""

@@ -16,7 +16,7 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,14 +34,22 @@ from edgefleet.protocol.errors import ConfigError
 from edgefleet.simulators.bundles import BundleCache
 from edgefleet.simulators.cloudview import ApiView, CloudView, StoreView, check_cloud_url
 from edgefleet.simulators.device import DeviceResult, Tuning
+from edgefleet.simulators.driftseen import (
+    DriftSeen,
+    drift_actions,
+    neighbours,
+    observe,
+    observe_all,
+)
 from edgefleet.simulators.errors import ScenarioError, SimulationError
-from edgefleet.simulators.invariants import Checks, check_run
-from edgefleet.simulators.live import LiveState, summary_table
+from edgefleet.simulators.invariants import Checks, Invariant, check_run
+from edgefleet.simulators.live import LiveState, status, summary_table
 from edgefleet.simulators.observer import StatusObserver
 from edgefleet.simulators.plan import Action, FleetPlan, plan_fleet
 from edgefleet.simulators.report import Report, build_report, write_report
 from edgefleet.simulators.scenario import (
     BrokerOutage,
+    DriftOnset,
     OutboxCap,
     Partition,
     Scenario,
@@ -50,6 +58,12 @@ from edgefleet.simulators.scenario import (
 from edgefleet.simulators.worker import WorkerSpec, worker_main
 
 Hook = Callable[["Simulation"], None]
+# A check of the caller's (the demo's learning step), run with the others at the end.
+ExtraCheck = Callable[[CloudView], list[Invariant]]
+# Plain progress lines (output that is not a terminal): one every this many seconds.
+PROGRESS_EVERY_S = 5.0
+# The cloud's view of a drift is first read this long after its onset (the live timeline).
+DRIFT_LOOK_AFTER_S = 8.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +89,13 @@ class SimOptions:
     start_timeout: float = 180.0
 
     def __post_init__(self) -> None:
+        # Paths enter here once, absolute: the broker, the cloud's SuperLink and ServerApp run
+        # as child processes in other directories, and a relative path breaks there.
+        object.__setattr__(self, "workdir", absolute(self.workdir))
+        if self.report is not None:
+            object.__setattr__(self, "report", absolute(self.report))
+        if self.cache_dir is not None:
+            object.__setattr__(self, "cache_dir", absolute(self.cache_dir))
         if self.processes < 1:
             raise ConfigError("--processes must be at least 1")
         if self.devices is not None and self.devices < 1:
@@ -86,6 +107,11 @@ class SimOptions:
                     "--db is the store of the cloud the simulator starts (--with-cloud); "
                     "a running cloud (--cloud URL) keeps its own"
                 )
+
+
+def absolute(path: Path | str) -> Path:
+    """``path`` made absolute against the current directory (``~`` expanded)."""
+    return Path(path).expanduser().resolve()
 
 
 def parse_broker(spec: str) -> tuple[str, str | None]:
@@ -136,6 +162,9 @@ class Simulation:
         )
         self.timeline: list[dict[str, Any]] = []
         self.notes: list[str] = []
+        # The run's start on the wall clock (set when the workers get the go).
+        self.t0: float | None = None
+        self.drift_seen: list[DriftSeen] = []
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
@@ -182,7 +211,7 @@ class Simulation:
         for name in names:
             hit = self.bundles.cached(name)
             if hit is None:
-                with self.console.status(f"building {name} (first run only, cached after)"):
+                with status(self.console, f"building {name} (first run only, cached after)"):
                     hit = self.bundles.ensure(name)
             out[name] = hit.directory
         return out
@@ -204,9 +233,11 @@ class Simulation:
             self.view = api
         else:
             self._start_cloud()
+        self.state.urls["broker"] = self.broker_url
         self.state.urls["API"] = self.http_url + "/docs"
         if getattr(self.cloud, "dashboard", None) is not None:
-            self.state.urls["dashboard"] = self.http_url + "/dashboard"
+            # The page itself: /dashboard only redirects here.
+            self.state.urls["dashboard"] = self.http_url + "/"
         host, port = self._host_port()
         self.observer = StatusObserver(host, port, self.plan.scenario.fleet)
         if not self.observer.wait_subscribed(15):
@@ -304,35 +335,78 @@ class Simulation:
         t.start()
         self._threads.append(t)
 
-    def run(self, hooks: list[tuple[float, str, Hook]] | None = None) -> Report:
-        """Run the fleet to the end and return the checked report (not raising on failure)."""
+    def _drift_hooks(self) -> list[tuple[float, str, Hook]]:
+        """Say each drift onset on the timeline, then what the cloud saw of it so far."""
+        hooks: list[tuple[float, str, Hook]] = []
+        for action in drift_actions(self.plan):
+            ev = action.event
+            assert isinstance(ev, DriftOnset)
+            ids = ", ".join(action.devices[:5]) + (" ..." if len(action.devices) > 5 else "")
+            text = (
+                f"drift onset: {ev.drift} x{ev.magnitude:g} into group {ev.group} "
+                f"({len(action.devices)} devices: {ids})"
+            )
+            hooks.append((action.at, "drift", functools.partial(Simulation.say, text=text)))
+            look = min(action.at + DRIFT_LOOK_AFTER_S, self.plan.duration)
+            if look > action.at:
+                hooks.append((look, "drift-seen", functools.partial(_look, action=action)))
+        return hooks
+
+    def run(
+        self,
+        hooks: list[tuple[float, str, Hook]] | None = None,
+        checks: Sequence[ExtraCheck] = (),
+    ) -> Report:
+        """Run the fleet to the end and return the checked report (not raising on failure).
+
+        ``checks`` add invariants of the caller's own (read from the cloud after the run).
+        """
         if self.cloud is None:
             self.prepare()
         started = time.time()
         ctx = mp.get_context("spawn")
-        run = _Run(self, ctx, self._specs(), sorted(hooks or [], key=lambda h: h[0]))
+        timed = sorted([*(hooks or []), *self._drift_hooks()], key=lambda h: h[0])
+        run = _Run(self, ctx, self._specs(), timed)
+        # A rich live panel on a terminal; elsewhere (a pipe, a CI log) plain progress lines.
+        panel = self.options.live and self.console.is_terminal
+        lines = _Lines(self) if self.options.live and not panel else None
         live = Live(self.state.render(), console=self.console, auto_refresh=False)
         try:
-            with live if self.options.live else contextlib.nullcontext():
+            with live if panel else contextlib.nullcontext():
                 self.state.phase = "starting agents"
                 while not run.finished():
                     run.step()
-                    if self.options.live:
+                    if panel:
                         live.update(self.state.render(), refresh=True)
+                    elif lines is not None:
+                        lines.step()
                 for t in self._threads:
                     t.join(120)
                 self.state.phase = "checking"
-                if self.options.live:
+                if panel:
                     live.update(self.state.render(), refresh=True)
+                elif lines is not None:
+                    lines.step(force=True)
         finally:
             run.close()
         if run.errors:
             raise SimulationError("a simulator worker failed: " + "\n".join(run.errors)[-4000:])
         flat = [r for i in sorted(run.results) for r in run.results[i]]
-        checks = self._check(flat)
-        report = build_report(self, checks, time.time() - started)
+        result = self._check(flat)
+        view = self.view
+        assert view is not None
+        for extra in checks:
+            result.invariants.extend(extra(view))
+        self.drift_seen = self._observe_drifts(time.time())
+        report = build_report(self, result, time.time() - started)
         write_report(report, self.options.report or self.workdir / "report.json")
         return report
+
+    def _observe_drifts(self, until: float) -> list[DriftSeen]:
+        """What the cloud stored of every drift onset, up to the end of the run."""
+        if self.t0 is None or self.view is None:
+            return []
+        return observe_all(self.view, self.plan, self.t0, until)
 
     def _check(self, results: list[DeviceResult]) -> Checks:
         view, observer = self.view, self.observer
@@ -378,8 +452,40 @@ class Simulation:
             self.broker = None
 
     def summary(self, checks: Checks) -> None:
-        """Print the per-device table and the invariants."""
+        """Print the per-device table, the invariants and what the cloud saw of each drift."""
         self.console.print(summary_table(checks))
+        for seen in self.drift_seen:
+            self.console.print(seen.summary(), highlight=False)
+
+
+def _look(sim: Simulation, action: Action) -> None:
+    """The timeline's line on what the cloud has stored of a drift so far."""
+    if sim.t0 is None or sim.view is None:
+        return
+    since, _ = neighbours(sim.plan, action)
+    seen = observe(sim.view, sim.plan, action, sim.t0, time.time(), since=sim.t0 + since)
+    sim.say(f"cloud so far: {seen.summary()}")
+
+
+class _Lines:
+    """Plain progress for output that is not a terminal: new timeline events, a periodic line."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+        self.printed = 0
+        self.last = 0.0
+
+    def step(self, *, force: bool = False) -> None:
+        """Print the events since the last call, and the state every few seconds."""
+        state, console = self.sim.state, self.sim.console
+        with self.sim._lock:
+            new, self.printed = state.log[self.printed :], len(state.log)
+        for line in new:
+            console.print(line, highlight=False)
+        now = time.monotonic()
+        if force or now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            console.print(state.line(), highlight=False)
 
 
 class _Run:
@@ -425,6 +531,7 @@ class _Run:
         if not self.go.is_set():
             if len(self.ready) == len(self.specs):
                 self.t0.value = time.time() + 0.2
+                sim.t0 = self.t0.value
                 sim.state.started = now + 0.2
                 sim.state.phase = "running"
                 self.go.set()

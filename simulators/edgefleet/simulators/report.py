@@ -33,6 +33,8 @@ class Report:
     per_device: dict[str, dict[str, Any]]
     memory: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    # Each drift onset of the timeline and what the cloud stored of it (driftseen.py).
+    drift: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     checks: Checks | None = None
@@ -86,6 +88,7 @@ def build_report(sim: Simulation, checks: Checks, wall_s: float) -> Report:
         per_device={d.device_id: {**asdict(d), "ok": d.ok} for d in checks.devices},
         memory={"worker_rss_mb": round(rss, 1), "mb_per_device": round(rss / n, 3) if n else 0.0},
         notes=list(sim.notes),
+        drift=[seen.to_dict() for seen in sim.drift_seen],
         extra={"assignments": _assignments(sim)},
         checks=checks,
     )
