@@ -22,9 +22,12 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run_cli(args: list[str], cache: Path, timeout: float = 280) -> subprocess.CompletedProcess[str]:
-    """``edgefleet ARGS`` in a child process with the shared bundle cache."""
+def run_cli(
+    args: list[str], cache: Path, timeout: float = 280, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``edgefleet ARGS`` in a child process with the shared bundle cache (in ``cwd``)."""
     env = {**os.environ, "EDGEFLEET_CACHE_DIR": str(cache), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("COLUMNS", None)  # the CLI's own width for output that is not a terminal
     return subprocess.run(
         [sys.executable, "-m", "edgefleet.cli", *args],
         capture_output=True,
@@ -32,6 +35,7 @@ def run_cli(args: list[str], cache: Path, timeout: float = 280) -> subprocess.Co
         timeout=timeout,
         check=False,
         env=env,
+        cwd=cwd,
     )
 
 

@@ -15,8 +15,13 @@ weights), and the result is registered as a signed bundle with lineage, judged o
 holdout against 1.0.0 with the normal rejection margin. Accepted, it is assigned to every
 device of the model halfway through the run; rejected, it stays registered (marked rejected)
 and the fleet keeps 1.0.0, and the demo says so. The round runs before the fleet streams, so
-even a short run gets its assignment answered. Where Flower is not installed, or the round fails,
-the demo says so and assigns a centrally re-trained bundle instead.
+even a short run gets its assignment answered.
+
+The federated round is the demo's headline: where Flower is not installed or the round fails,
+the invariant "federated round registered a model" fails with the reason and the demo exits 6.
+The rest still runs, on a centrally re-trained bundle, so the rollout path is still shown, but
+a fallback never passes for the real thing. The assignment of the learned version is an
+invariant too: every device of the model must take it (``succeeded``).
 """
 
 from __future__ import annotations
@@ -37,17 +42,25 @@ from urllib.parse import urlparse
 import msgspec
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from edgefleet.cloud.store.base import Assignment
 from edgefleet.edge.agent import Agent
 from edgefleet.edge.config import AgentConfig
+from edgefleet.simulators.cloudview import CloudView
 from edgefleet.simulators.errors import InvariantViolation, SimulationError
-from edgefleet.simulators.fleet import SimOptions, Simulation, parse_broker
+from edgefleet.simulators.fleet import SimOptions, Simulation, absolute, parse_broker
+from edgefleet.simulators.invariants import Invariant
+from edgefleet.simulators.live import make_console, status
 from edgefleet.simulators.scenario import Crash, DriftOnset, Group, Scenario
 
 MODEL: Final = "vibration-anomaly"
 NEW_VERSION = "1.1.0"
 TRAINERS = 3
 FL_ROUNDS = 1
+FL_TIMEOUT_S = 90.0
+ROUND_ROW = "federated round registered a model"
+ASSIGN_ROW = "the learned version reached every device of its model"
 
 
 def demo_scenario(duration: float, devices: int = 20) -> Scenario:
@@ -204,14 +217,72 @@ def _trainer_config(
 
 @dataclasses.dataclass
 class Learned:
-    """What the learning step produced: the bundle to assign and how it came to be."""
+    """What the learning step produced: the bundle to assign, how it came to be, what failed."""
 
     ref: str | None = None
     how: str = ""
     trainers: Trainers | None = None
+    # The federated round's own result: the version it registered, or why it failed.
+    registered: str | None = None
+    round_error: str | None = None
+    # The step that stands in for a failed round, and the assignment of whatever was learned.
+    retrain_error: str | None = None
+    assignment_id: str | None = None
+    assign_error: str | None = None
+    targets: int = 0
+
+    def checks(self, view: CloudView) -> list[Invariant]:
+        """The learning step's invariants, read from the cloud at the end of the run."""
+        return learning_checks(self, view.assignments())
 
 
-def federated_round(sim: Simulation, console: Console, learned: Learned) -> None:
+def learning_checks(learned: Learned, assignments: list[Assignment]) -> list[Invariant]:
+    """Did the federated round register a model, and did every target take the learned one."""
+    if learned.round_error is None and learned.registered is not None:
+        fl = Invariant(ROUND_ROW, True, learned.how)
+    else:
+        why = learned.round_error or "the round never ran"
+        instead = f"; the demo went on with {learned.ref} ({learned.how})" if learned.ref else ""
+        fl = Invariant(ROUND_ROW, False, f"{why}{instead}")
+    return [fl, _assignment_check(learned, assignments)]
+
+
+def _assignment_check(learned: Learned, assignments: list[Assignment]) -> Invariant:
+    if learned.retrain_error is not None:
+        return Invariant(ASSIGN_ROW, False, f"no version to assign: {learned.retrain_error}")
+    if learned.ref is None:
+        # A version the gate rejected stays off the fleet by design: nothing failed.
+        ok = learned.registered is not None
+        return Invariant(ASSIGN_ROW, ok, f"nothing to assign: {learned.how or 'no version'}")
+    if learned.assign_error is not None:
+        return Invariant(
+            ASSIGN_ROW, False, f"assigning {learned.ref} failed: {learned.assign_error}"
+        )
+    if learned.assignment_id is None:
+        return Invariant(
+            ASSIGN_ROW, False, f"{learned.ref} was never assigned (the run ended first)"
+        )
+    found = [a for a in assignments if a.id == learned.assignment_id]
+    if not found:
+        return Invariant(
+            ASSIGN_ROW, False, f"assignment {learned.assignment_id} is not in the cloud's store"
+        )
+    a = found[0]
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(a.counts().items()))
+    bad = [
+        f"{t.device_id} {t.state}: {t.reason or 'no reason'}"
+        for t in a.targets
+        if t.state != "succeeded"
+    ]
+    detail = f"{learned.ref} to {len(a.targets)} devices: {counts}"
+    if bad:
+        detail += "; " + "; ".join(bad[:10])
+    return Invariant(ASSIGN_ROW, not bad and len(a.targets) == learned.targets, detail)
+
+
+def federated_round(
+    sim: Simulation, console: Console, learned: Learned, timeout: float = FL_TIMEOUT_S
+) -> None:
     """Train one federated round on the trainer agents and register the result."""
     from edgefleet.cloud.client import CloudClient
 
@@ -224,7 +295,7 @@ def federated_round(sim: Simulation, console: Console, learned: Learned) -> None
     if v1 is not None:
         # The version the fleet runs: the run fine-tunes its float weights and is judged by it.
         client.push(v1.archive.read_bytes())
-    with console.status("federated learning: starting 3 trainer agents (on-demand [fl])"):
+    with status(console, escape("federated learning: starting 3 trainer agents (on-demand [fl])")):
         trainers = learned.trainers = Trainers(sim).start()
         deadline = time.monotonic() + 60
         while trainers.buffered() < 64 or not _online(client, trainers.ids):
@@ -244,8 +315,8 @@ def federated_round(sim: Simulation, console: Console, learned: Learned) -> None
             "epochs": 3,
             "lr": 0.05,
             "max_samples": 300,
-            "round_timeout_s": 90,
-            "quorum_timeout_s": 90,
+            "round_timeout_s": timeout,
+            "quorum_timeout_s": timeout,
             "from_version": v1.version if v1 is not None else None,
             # The cloud's normal rejection margin (0.02): no exemption for the demo.
         },
@@ -255,14 +326,16 @@ def federated_round(sim: Simulation, console: Console, learned: Learned) -> None
         f"start-training to {', '.join(trainers.ids)}"
     )
     state = run
-    with console.status("federated learning: SuperNodes train on their own buffers") as status:
+    with status(console, "federated learning: SuperNodes train on their own buffers") as progress:
         deadline = time.monotonic() + 300
         while state["state"] not in ("finished", "failed"):
             if time.monotonic() > deadline:
                 raise SimulationError(f"the federated run {run['id']} did not end in 300 s")
             time.sleep(1.0)
             state = client.request("GET", f"/v1/fl/runs/{run['id']}")
-            status.update(f"federated learning: {state['state']}, {len(state['rounds'])} round(s)")
+            progress.update(
+                f"federated learning: {state['state']}, {len(state['rounds'])} round(s)"
+            )
     if state["state"] != "finished":
         raise SimulationError(f"federated run failed: {state['reason']}: {state['error']}")
     console.print(f"  SuperLink {state['superlink']}; each trainer ran its own flower-supernode")
@@ -277,6 +350,7 @@ def federated_round(sim: Simulation, console: Console, learned: Learned) -> None
         )
     learned.how = f"federated round: {len(state['rounds'])} round(s) on {TRAINERS} trainer agents"
     learned.how += ", " + verdict(state)
+    learned.registered = state["registered"]
     learned.ref = None if state["rejected"] else state["registered"]
     console.print(f"federated learning: {learned.how}")
 
@@ -310,10 +384,13 @@ def _online(client: Any, ids: list[str]) -> bool:
 
 
 def central_fallback(sim: Simulation, learned: Learned, reason: str) -> None:
-    """No federated round: re-train centrally so the rollout path still runs."""
+    """No federated round: re-train centrally so the rollout path still runs (the demo fails)."""
     from edgefleet.cloud.client import CloudClient
 
-    sim.notes.append(f"federated round skipped: {reason}; a centrally re-trained bundle is used")
+    sim.notes.append(
+        f"federated round FAILED: {reason}; a centrally re-trained bundle stands in for the "
+        "rollout (the demo fails)"
+    )
     bundle = sim.bundles.ensure(MODEL, NEW_VERSION, seed=1, parent=f"{MODEL}@1.0.0")
     with contextlib.suppress(Exception):  # already pushed by an earlier run of the cache
         CloudClient(sim.http_url).push(bundle.archive.read_bytes())
@@ -333,10 +410,17 @@ def learning_step(learned: Learned, sim: Simulation) -> None:
     targets = [*sim.plan.groups.get("pumps", ()), *sim.plan.groups.get("bench", ())]
     if learned.trainers is not None:
         targets += learned.trainers.ids
+    learned.targets = len(targets)
     if not targets:
+        learned.assign_error = "no device runs the model"
         sim.say("no device runs the model: nothing to assign")
         return
-    answer = client.assign(learned.ref, devices=targets)
+    try:
+        answer = client.assign(learned.ref, devices=targets)
+    except Exception as exc:  # an invariant row says it; the background runner notes it
+        learned.assign_error = f"{type(exc).__name__}: {exc}"
+        raise
+    learned.assignment_id = str(answer.get("id"))
     sim.say(f"assigned {learned.ref} to {len(targets)} devices")
     sim.notes.append(f"assignment {answer.get('id')}: {learned.ref} -> {len(targets)}")
 
@@ -345,7 +429,7 @@ app = typer.Typer(add_completion=False)
 
 
 @app.command()
-def demo(
+def demo(  # noqa: PLR0917 - typer maps each parameter to an option
     devices: Annotated[
         int, typer.Option(min=3, max=2000, help="Simulated devices (one per group at least).")
     ] = 20,
@@ -359,11 +443,21 @@ def demo(
     keep_running: Annotated[
         bool, typer.Option(help="Keep the broker, cloud and dashboard up after the run.")
     ] = False,
+    fl_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="Seconds the federated round waits for its trainers to connect, and for "
+            "their replies (raise it on a loaded machine).",
+        ),
+    ] = FL_TIMEOUT_S,
 ) -> None:
     """Show the whole system end to end on this machine."""
     parse_broker(broker)  # a bad --broker fails at once (exit 4), before any build
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
-    console = Console()
+    # Absolute once, here: the broker, the SuperLink and the ServerApp run in other directories.
+    workdir = absolute(workdir)
+    console = make_console()
     workdir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
         filename=str(workdir / "demo.log"),
@@ -383,20 +477,29 @@ def demo(
     learned = Learned()
     try:
         sim.prepare()
-        urls = ", ".join(f"{k}: {v}" for k, v in sim.state.urls.items())
-        console.print(f"[bold]cloud[/] {urls}")
+        for name, url in sim.state.urls.items():
+            console.print(f"[bold]{name}[/] {url}", highlight=False)
+        console.print(f"[bold]work directory[/] {workdir}", highlight=False)
         reason = learning_reason()
         if reason is None:
             try:
-                federated_round(sim, console, learned)
+                federated_round(sim, console, learned, timeout=fl_timeout)
                 sim.notes.append(learned.how)
-            except Exception as exc:  # the demo goes on and says why
+            except Exception as exc:  # an invariant row fails with it; the demo goes on
                 reason = f"{type(exc).__name__}: {exc}"
                 logging.getLogger(__name__).exception("federated round failed")
         if reason is not None:
-            console.print(f"federated round skipped: {reason}")
-            central_fallback(sim, learned, reason)
-        report = sim.run(hooks=[(duration * 0.5, "learning", partial(learning_step, learned))])
+            learned.round_error = reason
+            console.print(f"[red]federated round FAILED[/]: {reason}", highlight=False)
+            try:
+                central_fallback(sim, learned, reason)
+            except Exception as exc:  # the assignment row says it
+                learned.retrain_error = f"{type(exc).__name__}: {exc}"
+                logging.getLogger(__name__).exception("central re-training failed")
+        report = sim.run(
+            hooks=[(duration * 0.5, "learning", partial(learning_step, learned))],
+            checks=[learned.checks],
+        )
         assert report.checks is not None
         sim.summary(report.checks)
         for note in report.notes:
@@ -404,10 +507,12 @@ def demo(
         console.print(
             f"{report.devices} devices, {report.totals['produced']} records produced, "
             f"{report.totals['stored']} stored exactly once, {report.totals['dropped']} dropped; "
-            f"report: {workdir / 'report.json'}"
+            f"report: {workdir / 'report.json'}",
+            highlight=False,
         )
         if keep_running:
-            console.print(f"[bold]still serving[/] {urls}; Ctrl-C stops")
+            urls = ", ".join(f"{k}: {v}" for k, v in sim.state.urls.items())
+            console.print(f"[bold]still serving[/] {urls}; Ctrl-C stops", highlight=False)
             while True:
                 time.sleep(1)
     finally:
