@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import Body, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 
 from edgefleet.cloud.assignments import Assigner
 from edgefleet.cloud.errors import Conflict, NoTargets, NotFound
@@ -22,10 +24,25 @@ from edgefleet.cloud.store.base import (
     RecordTable,
     TelemetryStore,
 )
-from edgefleet.protocol.errors import BundleError, ConfigError, EdgefleetError
+from edgefleet.protocol.errors import BundleError, ConfigError, EdgefleetError, Incompatible
 
 API_VERSION = "v1"
-_STATUS = {NotFound: 404, Conflict: 409, NoTargets: 422, BundleError: 422, ConfigError: 422}
+# First match wins: Incompatible is a BundleError, but the bundle is fine, the target is not.
+_STATUS = {
+    NotFound: 404,
+    Conflict: 409,
+    Incompatible: 409,
+    NoTargets: 422,
+    BundleError: 422,
+    ConfigError: 422,
+}
+_HTTP_REASONS = {
+    400: "bad-request",
+    404: "not-found",
+    405: "method-not-allowed",
+    413: "too-large",
+    415: "unsupported-media-type",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +89,17 @@ class AssignRequest(BaseModel):
     fleet: str | None = None
     rollout_id: str | None = None
     wave: int = 0
+    allow_task_change: bool = Field(
+        False,
+        description="repurpose the devices: another task or label set than they serve now",
+    )
+
+
+class ForgetResult(BaseModel):
+    """What forgetting a device deleted: rows per table."""
+
+    device_id: str
+    deleted: dict[str, int]
 
 
 class FlRunBody(BaseModel):
@@ -123,6 +151,34 @@ def _error(exc: EdgefleetError) -> JSONResponse:
     return JSONResponse({"reason": exc.reason, "detail": str(exc)}, status_code=status)
 
 
+def _invalid(exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's validation errors in the one error shape, one clause per bad field."""
+    parts = []
+    for e in exc.errors():
+        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    return JSONResponse(
+        {"reason": "invalid-request", "detail": "; ".join(parts) or "the request is invalid"},
+        status_code=422,
+    )
+
+
+def _http(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own errors (unknown route, wrong method...) in the one error shape."""
+    code = exc.status_code
+    reason = _HTTP_REASONS.get(code, "http")
+    if code == 404 and exc.detail == "Not Found":
+        detail = f"no route {request.method} {request.url.path}: /docs lists the API"
+    elif code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        detail = f"{request.method} is not allowed on {request.url.path}" + (
+            f"; allowed: {allowed}" if allowed else ""
+        )
+    else:
+        detail = str(exc.detail)
+    return JSONResponse({"reason": reason, "detail": detail}, status_code=code, headers=exc.headers)
+
+
 def create_app(services: CloudServices) -> FastAPI:  # noqa: PLR0915 - one statement per route
     """The FastAPI application over ``services`` (OpenAPI at ``/openapi.json``, UI at ``/docs``)."""
     app = FastAPI(
@@ -135,6 +191,25 @@ def create_app(services: CloudServices) -> FastAPI:  # noqa: PLR0915 - one state
     @app.exception_handler(EdgefleetError)
     async def _on_error(_r: Request, exc: EdgefleetError) -> JSONResponse:
         return _error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _on_invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        return _invalid(exc)
+
+    @app.exception_handler(HTTPException)
+    async def _on_http(request: Request, exc: HTTPException) -> JSONResponse:
+        return _http(request, exc)
+
+    @app.exception_handler(Exception)
+    async def _on_bug(_r: Request, exc: Exception) -> JSONResponse:
+        # The message may hold internals (paths, SQL): the log has it, the client gets the type.
+        return JSONResponse(
+            {
+                "reason": "internal",
+                "detail": f"internal error ({type(exc).__name__}); the cloud's log has the trace",
+            },
+            status_code=500,
+        )
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, Any]:
@@ -170,6 +245,25 @@ def create_app(services: CloudServices) -> FastAPI:  # noqa: PLR0915 - one state
     def device(device_id: str) -> DeviceState:
         """One device."""
         return s.store.device(device_id)
+
+    @app.delete("/v1/devices/{device_id}", tags=["fleet"])
+    def forget_device(
+        device_id: str,
+        purge: Annotated[
+            bool, Query(description="also delete its telemetry, events, acks and quarantine rows")
+        ] = False,
+    ) -> ForgetResult:
+        """Forget an offline device (its row, state, tags); its telemetry stays unless purge."""
+        d = s.store.device(device_id)
+        if d.online:
+            raise Conflict(
+                f"{device_id} is online: it would come back at its next message; stop its "
+                "agent first (its will marks it offline), then forget it",
+                reason="device-online",
+            )
+        return ForgetResult(
+            device_id=device_id, deleted=s.store.forget_device(device_id, purge=purge)
+        )
 
     @app.put("/v1/devices/{device_id}/tags", tags=["fleet"])
     def set_tags(device_id: str, body: TagsRequest) -> DeviceState:
@@ -230,6 +324,11 @@ def create_app(services: CloudServices) -> FastAPI:  # noqa: PLR0915 - one state
         """One version with its manifest."""
         return s.store.model(name, version)
 
+    @app.delete("/v1/models/{name}/{version}", tags=["models"])
+    def delete_model(name: str, version: str) -> ModelVersion:
+        """Unregister a version and its archive; 409 while a device serves it or it is in flight."""
+        return s.registry.delete(name, version)
+
     @app.get("/v1/models/{name}/{version}/bundle", tags=["models"], response_class=FileResponse)
     def download_model(name: str, version: str) -> FileResponse:
         """The bundle archive (Range requests supported, so agents resume)."""
@@ -268,6 +367,7 @@ def create_app(services: CloudServices) -> FastAPI:  # noqa: PLR0915 - one state
             fleet=body.fleet or s.fleet,
             rollout_id=body.rollout_id,
             wave=body.wave,
+            allow_task_change=body.allow_task_change,
         )
 
     @app.get("/v1/assignments", tags=["assignments"])

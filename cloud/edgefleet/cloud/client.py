@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
-from edgefleet.cloud.errors import CloudUnreachable
-from edgefleet.protocol.errors import BundleError, EdgefleetError
+from edgefleet.cloud.errors import CloudUnreachable, Conflict, NotFound
+from edgefleet.protocol.errors import BundleError, EdgefleetError, Incompatible
 
 
 class CloudClient:
@@ -60,6 +61,27 @@ class CloudClient:
         )
         return result
 
+    def assignment(self, assignment_id: str) -> dict[str, Any]:
+        """``GET /v1/assignments/{id}``."""
+        result: dict[str, Any] = self.request("GET", f"/v1/assignments/{_seg(assignment_id)}")
+        return result
+
+    def forget(self, device_id: str, *, purge: bool = False) -> dict[str, Any]:
+        """``DELETE /v1/devices/{id}`` (``?purge=true`` also deletes its telemetry)."""
+        query = "?purge=true" if purge else ""
+        result: dict[str, Any] = self.request("DELETE", f"/v1/devices/{_seg(device_id)}{query}")
+        return result
+
+    def delete_model(self, name: str, version: str) -> dict[str, Any]:
+        """``DELETE /v1/models/{name}/{version}``."""
+        result: dict[str, Any] = self.request("DELETE", f"/v1/models/{_seg(name)}/{_seg(version)}")
+        return result
+
+
+def _seg(value: str) -> str:
+    """One path segment, escaped: an id never changes which route a request takes."""
+    return urllib.parse.quote(value, safe="")
+
 
 def _api_error(exc: urllib.error.HTTPError) -> EdgefleetError:
     try:
@@ -69,8 +91,14 @@ def _api_error(exc: urllib.error.HTTPError) -> EdgefleetError:
     except (ValueError, AttributeError):
         reason, detail = "http", exc.reason
     message = f"the cloud answered {exc.code}: {detail}"
+    if reason == "incompatible":
+        return Incompatible(message)
     if exc.code == 422 and reason in _BUNDLE_REASONS:
         return BundleError(message, reason=reason)
+    if exc.code == 404:
+        return NotFound(message, reason=reason)
+    if exc.code == 409:
+        return Conflict(message, reason=reason)
     return CloudUnreachable(message, reason=reason)
 
 

@@ -85,3 +85,10 @@ class ModelRegistry:
         if not path.is_file():
             raise NotFound(f"the archive of {model.ref} is missing from {self.root}")
         return model, path
+
+    def delete(self, name: str, version: str) -> ModelVersion:
+        """Unregister a version (refused while in use) and delete its archive if no other has it."""
+        model = self.store.delete_model(name, version)
+        if not any(m.sha256 == model.sha256 for m in self.store.models()):
+            self.blob_path(model.sha256).unlink(missing_ok=True)
+        return model

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -27,15 +28,32 @@ from edgefleet.edge.runtime import Runtime, load_runtime
 from edgefleet.edge.runtime.base import Array
 from edgefleet.edge.slots import Slots
 from edgefleet.edge.verify import Checked, Verifier
+from edgefleet.protocol.bundle import read_manifest
+from edgefleet.protocol.compat import profile_for
 from edgefleet.protocol.errors import BundleError, HashMismatch
-from edgefleet.protocol.messages import AssignModel
+from edgefleet.protocol.manifest import BundleManifest
+from edgefleet.protocol.messages import AssignModel, DeviceProfile
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 _CHUNK = 1 << 16
+# The modules each runtime backend imports (edgefleet.edge.runtime), in its fallback order.
+_RUNTIME_MODULES = {
+    "litert": ("ai_edge_litert", "tflite_runtime", "tensorflow"),
+    "onnx": ("onnxruntime",),
+}
 
 log = logging.getLogger(__name__)
+
+
+def available_runtimes() -> list[str]:
+    """The runtimes whose library is installed here (found, not imported: TF stays out)."""
+    return sorted(
+        name
+        for name, modules in _RUNTIME_MODULES.items()
+        if any(importlib.util.find_spec(m) is not None for m in modules)
+    )
 
 
 def download(url: str, dest: Path, size: int, *, timeout: float, retries: int) -> Path:
@@ -152,6 +170,9 @@ class Delivery:
         verifier: Verifier | Sequence[Ed25519PublicKey],
         source_channels: Sequence[str],
         downloads: Path,
+        *,
+        sample_rate_hz: float | None = None,
+        runtimes: Sequence[str] | None = None,
     ) -> None:
         self.cfg = cfg
         self.slots = slots
@@ -162,7 +183,24 @@ class Delivery:
             verifier = InProcessVerifier.from_keys(verifier)
         self.verifier: Verifier = verifier
         self.channels = list(source_channels)
+        self.sample_rate_hz = sample_rate_hz
+        self.runtimes = sorted(available_runtimes() if runtimes is None else runtimes)
         self.downloads = Path(downloads)
+
+    def profile(self, serving: BundleManifest | None = None) -> DeviceProfile:
+        """What this device offers a model (its birth's ``profile``), serving ``serving``."""
+        return profile_for(self.channels, self.sample_rate_hz, self.runtimes, serving)
+
+    def _serving(self) -> BundleManifest | None:
+        """The manifest of the active slot's bundle (verified when it was installed)."""
+        path = self.slots.active_path()
+        if path is None:
+            return None
+        try:
+            return read_manifest(path)
+        except (BundleError, OSError) as exc:
+            log.warning("cannot read the active bundle's manifest in %s: %s", path, exc)
+            return None
 
     def fetch(self, cmd: AssignModel) -> Path:
         """Download the archive a command names and check its size and sha256."""
@@ -217,8 +255,17 @@ class Delivery:
             except OSError as exc:  # the next fetch's sweep tries again
                 log.warning("cannot delete the archive %s: %s", archive, exc)
 
-    def stage(self, archive: Path, expect: tuple[str, str] | None = None) -> Staged:
-        """Unpack into the staging directory, verify signature and hashes, check compatibility."""
+    def stage(self, archive: Path, expect: AssignModel | tuple[str, str] | None = None) -> Staged:
+        """Unpack into the staging directory, verify signature and hashes, check compatibility.
+
+        ``expect`` is the command that assigns the bundle (or its ``(name, version)``); a
+        bundle without one is the operator's own configured bundle, which may change the task.
+        """
+        allow_task_change = expect is None
+        if isinstance(expect, AssignModel):
+            allow_task_change = expect.allow_task_change
+            expect = (expect.model, expect.version)
+        profile = self.profile(None if allow_task_change else self._serving())
         slot = self.slots.inactive()
         path = self.slots.prepare()
         try:
@@ -229,7 +276,7 @@ class Delivery:
                     f"the command assigns {expect[0]}@{expect[1]} but the bundle is {m.ref}",
                     reason="wrong-model",
                 )
-            check_compatible(m, self.channels)
+            check_compatible(m, self.channels, profile, allow_task_change=allow_task_change)
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise

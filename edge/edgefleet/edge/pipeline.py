@@ -11,13 +11,18 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
 from edgefleet.edge.errors import Incompatible
 from edgefleet.edge.runtime.base import FloatArray, Runtime
 from edgefleet.edge.sketch import SketchAccumulator
-from edgefleet.protocol.manifest import BundleManifest, TensorSpec
+from edgefleet.protocol.compat import check_fit, expected_input_shape
+from edgefleet.protocol.manifest import BundleManifest
+from edgefleet.protocol.messages import DeviceProfile
+
+__all__ = ["Pipeline", "Result", "check_compatible", "expected_input_shape"]
 
 
 class Result(NamedTuple):
@@ -30,53 +35,23 @@ class Result(NamedTuple):
     latency_ms: float
 
 
-def expected_input_shape(manifest: BundleManifest) -> list[int]:
-    """The input shape (without batch) the manifest's preprocessing produces."""
-    pre = manifest.preprocessing
-    width = len(pre.channels)
-    if pre.kind == "window":
-        return [pre.window, width]
-    if pre.kind == "flatten":
-        return [pre.window * width]
-    return [width]
+def check_compatible(
+    manifest: BundleManifest,
+    source_channels: Sequence[str],
+    profile: DeviceProfile | None = None,
+    *,
+    allow_task_change: bool = False,
+) -> None:
+    """Raise :class:`Incompatible` unless the bundle can run on this source and pipeline.
 
-
-def check_compatible(manifest: BundleManifest, source_channels: Sequence[str]) -> None:
-    """Raise :class:`Incompatible` unless the bundle can run on this source and pipeline."""
-    pre, post = manifest.preprocessing, manifest.postprocessing
-    if not pre.channels:
-        raise Incompatible(f"{manifest.ref}: preprocessing lists no channels")
-    missing = [c for c in pre.channels if c not in source_channels]
-    if missing:
-        raise Incompatible(
-            f"{manifest.ref} needs channels {missing} that this device's source does not have "
-            f"(it has {list(source_channels)})"
-        )
-    if pre.kind != "none" and pre.window <= 0:
-        raise Incompatible(f"{manifest.ref}: preprocessing.window must be positive")
-    for what, values in (("mean", pre.mean), ("std", pre.std)):
-        if values and len(values) != len(pre.channels):
-            raise Incompatible(f"{manifest.ref}: preprocessing.{what} needs one value per channel")
-    if any(s == 0 for s in pre.std):
-        raise Incompatible(f"{manifest.ref}: preprocessing.std holds a zero")
-    spec: TensorSpec = manifest.inputs[0]
-    want = expected_input_shape(manifest)
-    if [d for d in spec.shape[1:]] != want:
-        raise Incompatible(
-            f"{manifest.ref}: input {spec.name!r} has shape {spec.shape}, but a "
-            f"{pre.kind} of {pre.window} x {len(pre.channels)} channels gives [-1, "
-            + ", ".join(map(str, want))
-            + "]"
-        )
-    if spec.dtype not in ("float32", "int8", "uint8"):
-        raise Incompatible(f"{manifest.ref}: input dtype {spec.dtype} is not supported")
-    if spec.dtype != "float32" and spec.quantization is None:
-        raise Incompatible(f"{manifest.ref}: integer input {spec.name!r} has no quantization")
-    out = manifest.outputs[0]
-    if post.kind == "classify" and manifest.labels and out.shape[-1] != len(manifest.labels):
-        raise Incompatible(
-            f"{manifest.ref}: {len(manifest.labels)} labels for an output of shape {out.shape}"
-        )
+    The rule is :func:`edgefleet.protocol.compat.check_fit`, the one the cloud applies before
+    it sends an assignment; ``profile`` adds what the device knows beyond its channels.
+    """
+    device = profile or DeviceProfile()
+    device = msgspec.structs.replace(device, channels=list(source_channels))
+    fit = check_fit(manifest, device, allow_task_change=allow_task_change)
+    if not fit.ok:
+        raise Incompatible(f"{manifest.ref} does not fit this device: {fit.describe()}")
 
 
 class Pipeline:
