@@ -145,6 +145,14 @@ class Agent(LinkHandler):
         """Start everything, serve until stopped, then shut down cleanly (or not, on crash)."""
         loop = asyncio.get_running_loop()
         cfg = self.cfg
+        log.info(
+            "%s: edgefleet agent %s starting (fleet %s, boot %s, data in %s)",
+            self.device_id,
+            self.version,
+            self.fleet,
+            self.sequencer.boot_id,
+            cfg.data_dir,
+        )
         self.outbox = await loop.run_in_executor(self.db_executor, self._open_outbox)
         self._uplink = Uplink(
             cfg.uplink,
@@ -169,6 +177,7 @@ class Agent(LinkHandler):
             self.verifier,
             self.source.channels,
             cfg.data_dir / "downloads",
+            sample_rate_hz=self.source.rate_hz,
         )
         # Archives and partial downloads a previous run left behind (a crash mid-download).
         await loop.run_in_executor(self.io_executor, self.delivery.sweep)
@@ -185,10 +194,12 @@ class Agent(LinkHandler):
         if self.fl is not None and self.cfg.fl.mode == "always":
             try:
                 await self.fl.start_always()
+                log.info("%s: federated learning: the SuperNode is always on", self.device_id)
             except FlError as exc:
                 log.error("federated learning: %s", exc)
                 self.event("fl", "error", f"the SuperNode did not start: {exc}")
         self.ready.set()
+        self._log_serving()
         failed: tuple[str, BaseException] | None = None
         try:
             failed = await self._supervise(tasks)
@@ -309,6 +320,7 @@ class Agent(LinkHandler):
                     self.source.channels,  # type: ignore[union-attr]
                     bins=self.cfg.drift.bins,
                 )
+                self._log_loaded(f"the active slot ({path})")
                 return
             except EdgefleetError as exc:
                 log.error("the active model no longer verifies (%s); trying the previous one", exc)
@@ -332,6 +344,51 @@ class Agent(LinkHandler):
                 self.source.channels,  # type: ignore[union-attr]
                 bins=self.cfg.drift.bins,
             )
+            self._log_loaded(f"model.bundle {self.cfg.model.bundle}")
+        else:
+            log.info(
+                "%s: no model installed (no model.bundle, empty slots): publishing health only "
+                "until the cloud assigns one",
+                self.device_id,
+            )
+
+    def _log_loaded(self, origin: str) -> None:
+        pipe = self.pipeline
+        assert pipe is not None
+        spec = pipe.manifest.inputs[0]
+        log.info(
+            "%s: model loaded: %s version %s on the %s runtime (%s; input %s %s) from %s",
+            self.device_id,
+            pipe.model,
+            pipe.model_version,
+            pipe.runtime.name,
+            getattr(pipe.runtime, "backend", pipe.runtime.name),
+            spec.dtype,
+            spec.shape,
+            origin,
+        )
+
+    def _log_serving(self) -> None:
+        source, pipe = self.source, self.pipeline
+        assert source is not None
+        where = (
+            f"{self.cfg.source.kind} source, channels {list(source.channels)} at "
+            f"{source.rate_hz:g} Hz"
+        )
+        if pipe is None:
+            log.info("%s: running without a model: %s", self.device_id, where)
+            return
+        seconds = pipe.window / source.rate_hz
+        log.info(
+            "%s: serving %s@%s: %s, windows of %d samples (%.3g s), hop %d",
+            self.device_id,
+            pipe.model,
+            pipe.model_version,
+            where,
+            pipe.window,
+            seconds,
+            pipe.hop,
+        )
 
     # ------------------------------------------------------------------ loops
 
@@ -483,6 +540,9 @@ class Agent(LinkHandler):
             agent_version=self.version,
             model=model,
             model_version=version,
+            profile=self.delivery.profile(
+                None if self.pipeline is None else self.pipeline.manifest
+            ),
         )
         return topics.status(self.fleet, self.device_id), self.codec.encode(msg)
 
@@ -548,13 +608,21 @@ class Agent(LinkHandler):
         self._delivering = True
         loop = asyncio.get_running_loop()
         staged = None
+        before = self.model_ref
+        serving = f"{before[0]}@{before[1]}" if before[0] is not None else "no model"
+        log.info(
+            "%s: installing %s@%s (command %s), serving %s meanwhile",
+            self.device_id,
+            cmd.model,
+            cmd.version,
+            cmd.command_id,
+            serving,
+        )
         try:
             d = self.delivery
             archive = await loop.run_in_executor(self.io_executor, d.fetch, cmd)
             try:
-                staged = await loop.run_in_executor(
-                    self.io_executor, d.stage, archive, (cmd.model, cmd.version)
-                )
+                staged = await loop.run_in_executor(self.io_executor, d.stage, archive, cmd)
             finally:
                 # Unpacked (or refused): the archive is no longer needed on the SD card.
                 await loop.run_in_executor(self.io_executor, d.forget, archive)
@@ -573,6 +641,15 @@ class Agent(LinkHandler):
             # The swap itself: the next chunk goes to the new pipeline.
             self.pipeline = pipeline
             staged = None
+            log.info(
+                "%s: model swapped: %s -> %s@%s on the %s runtime (command %s)",
+                self.device_id,
+                serving,
+                cmd.model,
+                cmd.version,
+                runtime.name,
+                cmd.command_id,
+            )
             self.commands.ack(
                 cmd,
                 "succeeded",
@@ -581,11 +658,27 @@ class Agent(LinkHandler):
                 {"model": cmd.model, "version": cmd.version},
             )
         except EdgefleetError as exc:
-            log.warning("refused bundle %s@%s: %s", cmd.model, cmd.version, exc)
             status = "failed" if exc.reason in ("download-failed",) else "refused"
+            log.warning(
+                "%s: %s model %s@%s (command %s): %s: %s; still serving %s",
+                self.device_id,
+                status,
+                cmd.model,
+                cmd.version,
+                cmd.command_id,
+                exc.reason,
+                exc,
+                serving,
+            )
             self.commands.ack(cmd, status, exc.reason, str(exc))
         except Exception as exc:  # a runtime's own error while loading: report, keep serving
-            log.exception("installing %s@%s failed", cmd.model, cmd.version)
+            log.exception(
+                "%s: installing %s@%s failed; still serving %s",
+                self.device_id,
+                cmd.model,
+                cmd.version,
+                serving,
+            )
             self.commands.ack(cmd, "failed", "internal", f"{type(exc).__name__}: {exc}")
         finally:
             if staged is not None:
@@ -613,7 +706,13 @@ class Agent(LinkHandler):
                 raise FlDisabled("federated learning is not enabled here ([fl] enabled = false)")
             fl.check(cmd, model, samples)
         except FlError as exc:
-            log.info("refused start-training %s: %s", cmd.command_id, exc)
+            log.info(
+                "%s: refused federated training %s: %s: %s",
+                self.device_id,
+                cmd.command_id,
+                exc.reason,
+                exc,
+            )
             self.commands.ack(cmd, "refused", exc.reason, str(exc))
             return
         if self.cfg.fl.mode == "always":
@@ -622,6 +721,13 @@ class Agent(LinkHandler):
             )
             return
         self.commands.ack(cmd, "received", None, f"starting a SuperNode for {cmd.superlink}")
+        log.info(
+            "%s: federated training session %s started: model %s, SuperLink %s",
+            self.device_id,
+            cmd.command_id,
+            cmd.model,
+            cmd.superlink,
+        )
         self._training = asyncio.current_task()
         try:
             end = await fl.run_session(cmd)
@@ -631,7 +737,14 @@ class Agent(LinkHandler):
             return
         finally:
             self._training = None
-        log.info("training session %s ended: %s %s", cmd.command_id, end.status, end.detail)
+        log.info(
+            "%s: federated training session %s ended: %s%s%s",
+            self.device_id,
+            cmd.command_id,
+            end.status,
+            f" ({end.reason})" if end.reason else "",
+            f": {end.detail}" if end.detail else "",
+        )
         self.commands.ack(cmd, end.status, end.reason, end.detail, dict(end.data))
 
     async def _end_training(self) -> None:

@@ -149,6 +149,16 @@ class Outbox:
         """Records dropped (oldest first) because the outbox was full, since it was created."""
         return self._drops
 
+    @property
+    def size_bytes(self) -> int:
+        """Payload bytes of the records waiting for a commit (bounded by ``max_bytes``)."""
+        return self._bytes
+
+    @property
+    def fill(self) -> float:
+        """How full the outbox is: the larger of its record and byte fractions (0 to 1)."""
+        return max(self._depth / self.max_records, self._bytes / self.max_bytes)
+
     def register_boot(self, boot_id: str, started_at: float | None = None) -> None:
         """Note a new boot so its seq high-water mark is kept even after its rows are gone."""
         with self._tx():

@@ -52,6 +52,87 @@ MessageFactory = Callable[[str, int], Envelope]
 StoreErrorSink = Callable[[str, int], None]
 
 
+# Fractions of the outbox's cap whose upward crossing is logged, and the margin below a level
+# the fill must fall to before crossing it again is news (a fill hovering at 50% logs once).
+BACKLOG_LEVELS = (0.5, 0.9)
+BACKLOG_HYSTERESIS = 0.1
+# While the outbox is full and drops every flush, one line per this many seconds.
+DROP_LOG_EVERY_S = 60.0
+
+
+class BacklogMonitor:
+    """Logs the outbox filling past 50% and 90% of its cap, draining back, and its drops.
+
+    A line per crossing and per minute of drops, never per record: an agent that lost its
+    cloud for a day writes a handful of lines, at the default log level.
+    """
+
+    def __init__(
+        self,
+        device_id: str,
+        drops: int,
+        *,
+        levels: Sequence[float] = BACKLOG_LEVELS,
+        drop_every_s: float = DROP_LOG_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.device_id = device_id
+        self.levels = tuple(levels)
+        self.drop_every_s = drop_every_s
+        self._clock = clock
+        self._level = 0
+        self._drops_seen = drops
+        self._last_drop_log: float | None = None
+
+    @property
+    def level(self) -> int:
+        """How many of the levels the fill is at or past (as last logged)."""
+        return self._level
+
+    def observe(self, box: Outbox) -> None:
+        """Compare the outbox's fill and drops with what was last logged; log what changed."""
+        fill = box.fill
+        up = sum(fill >= lv for lv in self.levels)
+        if up > self._level:
+            self._level = up
+            log.warning(
+                "%s: outbox at %.0f%% of its cap (%d of %d records, %.1f of %.1f MiB) waiting "
+                "for the cloud's commit; past the cap the oldest records are dropped",
+                self.device_id,
+                fill * 100,
+                box.depth,
+                box.max_records,
+                box.size_bytes / 2**20,
+                box.max_bytes / 2**20,
+            )
+        else:
+            down = sum(fill >= lv - BACKLOG_HYSTERESIS for lv in self.levels)
+            if down < self._level:
+                self._level = down
+                if down == 0:
+                    log.info(
+                        "%s: outbox drained to %.0f%% of its cap (%d records waiting)",
+                        self.device_id,
+                        fill * 100,
+                        box.depth,
+                    )
+        drops = box.drops
+        if drops > self._drops_seen:
+            now = self._clock()
+            last = self._last_drop_log
+            if last is None or now - last >= self.drop_every_s:
+                log.warning(
+                    "%s: outbox full: dropped the %d oldest records%s (%d since it was "
+                    "created); raise outbox.max_records/max_bytes or restore the link to the cloud",
+                    self.device_id,
+                    drops - self._drops_seen,
+                    "" if last is None else f" in the last {now - last:.0f} s",
+                    drops,
+                )
+                self._drops_seen = drops
+                self._last_drop_log = now
+
+
 @dataclass(slots=True)
 class UplinkCounters:
     """What the uplink has done since it started (reported in health and by the CLI)."""
@@ -125,6 +206,7 @@ class Uplink:
         self.counters = UplinkCounters()
         self.depth = outbox.depth
         self.drops = outbox.drops
+        self.backlog = BacklogMonitor(device_id, outbox.drops)
 
     # ------------------------------------------------------------------ producing
 
@@ -260,6 +342,7 @@ class Uplink:
             self.counters.stored += n
             self.counters.dropped += self.outbox.drops - before
             self.depth, self.drops = self.outbox.depth, self.outbox.drops
+            self.backlog.observe(self.outbox)
             self._written += 1
             self._wake.set()
             return True
@@ -444,5 +527,6 @@ class Uplink:
         self.counters.committed += deleted
         self._unacked = max(0, self._unacked - sum(r.last - r.first + 1 for r in ranges))
         self.depth = self.outbox.depth
+        self.backlog.observe(self.outbox)
         self._wake.set()
         return deleted

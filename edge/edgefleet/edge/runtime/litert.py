@@ -45,6 +45,8 @@ class LiteRtRuntime:
 
     def __init__(self, path: Path, manifest: BundleManifest, threads: int = 1) -> None:
         cls = interpreter_class()
+        # Which of the CANDIDATES serves the model: the agent's log names it.
+        self.backend = cls.__module__
         self._manifest = manifest
         try:
             self._interp = cls(model_path=str(path), num_threads=threads)

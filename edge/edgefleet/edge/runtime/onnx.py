@@ -43,6 +43,8 @@ class OnnxRuntime:
         except Exception as exc:  # onnxruntime raises its own untyped errors on bad files
             raise RuntimeUnavailable(f"ONNX Runtime cannot load {path.name}: {exc}") from None
         self._manifest = manifest
+        # What the agent's log names as the backend serving the model.
+        self.backend = f"onnxruntime {ort.__version__}, CPUExecutionProvider"
         ins, outs = self._session.get_inputs(), self._session.get_outputs()
         self._in_names = [i.name for i in ins]
         self._out_names = [o.name for o in outs]
