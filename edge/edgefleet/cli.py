@@ -9,6 +9,7 @@ that names the extra to install (exit status 3, docs/cli.md).
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 from importlib import metadata
@@ -30,6 +31,10 @@ EXIT_CONFIG = 4
 EXIT_REFUSED = 5
 EXIT_INVARIANT = 6
 EXIT_INTERRUPTED = 130
+
+# Set by --verbose and read by edgefleet.models.tfquiet (the edge never imports it); children
+# inherit it, so a ServerApp or simulator worker is as verbose as the command that started it.
+VERBOSE_ENV = "EDGEFLEET_VERBOSE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,8 +232,16 @@ def _root(
             "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
         ),
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", help="Let third-party libraries (TensorFlow, absl) log as they like."
+        ),
+    ] = False,
 ) -> None:
     """edgefleet: run quantized ML models on fleets of small devices."""
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
 
 
 def main(argv: list[str] | None = None) -> int:

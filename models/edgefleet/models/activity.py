@@ -71,7 +71,9 @@ class Activity(SoftmaxClassifier):
 
     def build(self, seed: int) -> Any:
         """The CNN classifier with softmax output, compiled with cross-entropy."""
-        import keras
+        from edgefleet.models.tfquiet import import_keras
+
+        keras = import_keras()
 
         seed_everything(seed)
         inp = keras.Input((WINDOW, len(CHANNELS)), name="window")

@@ -19,7 +19,9 @@ class SoftmaxClassifier:
     @staticmethod
     def compile(model: Any, learning_rate: float = 3e-3) -> Any:
         """Compile ``model`` for integer class labels with Adam."""
-        import keras
+        from edgefleet.models.tfquiet import import_keras
+
+        keras = import_keras()
 
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate),

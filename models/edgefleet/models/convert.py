@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import numpy as np
 
 from edgefleet.models.base import Array
 from edgefleet.models.errors import ConversionFailed, UnsupportedVariant
+from edgefleet.models.tfquiet import import_tensorflow
 
 Quantize = Literal["int8", "float16", "dynamic", "none"]
 RuntimeName = Literal["litert", "onnx"]
@@ -31,12 +31,8 @@ MODEL_FILES: dict[str, str] = {"litert": "model.tflite", "onnx": "model.onnx"}
 
 
 def quiet_tensorflow() -> Any:
-    """Import TensorFlow with its C++ logging turned down (it is slow and chatty)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    tf.get_logger().setLevel("ERROR")
-    return tf
+    """Import TensorFlow without its log noise unless ``--verbose`` (:mod:`.tfquiet`)."""
+    return import_tensorflow()
 
 
 @contextlib.contextmanager

@@ -50,7 +50,9 @@ class Digits(SoftmaxClassifier):
 
     def build(self, seed: int) -> Any:
         """The MLP with an in-graph 1/16 rescale and a softmax output."""
-        import keras
+        from edgefleet.models.tfquiet import import_keras
+
+        keras = import_keras()
 
         seed_everything(seed)
         inp = keras.Input((PIXELS,), name="pixels")

@@ -11,7 +11,9 @@ from edgefleet.models.base import Array
 
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and the Keras backend so a build is repeatable."""
-    import keras
+    from edgefleet.models.tfquiet import import_keras
+
+    keras = import_keras()
 
     keras.utils.set_random_seed(seed)
 

@@ -85,9 +85,11 @@ class _EpochReport:
     """A Keras callback forwarding epoch ends to a :data:`Report`."""
 
     def __new__(cls, report: Report, total: int) -> Any:
-        import keras
+        from edgefleet.models.tfquiet import import_keras
 
-        class Callback(keras.callbacks.Callback):  # type: ignore[misc]
+        base: Any = import_keras().callbacks.Callback
+
+        class Callback(base):  # type: ignore[misc]
             def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
                 report("train", epoch + 1, total)
 

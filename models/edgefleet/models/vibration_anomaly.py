@@ -100,7 +100,9 @@ class VibrationAnomaly:
 
     def build(self, seed: int) -> Any:
         """The autoencoder (input -> reconstruction), compiled with MSE."""
-        import keras
+        from edgefleet.models.tfquiet import import_keras
+
+        keras = import_keras()
 
         seed_everything(seed)
         flat = WINDOW * len(CHANNELS)
@@ -119,7 +121,9 @@ class VibrationAnomaly:
 
     def inference(self, model: Any) -> Any:
         """Wrap the autoencoder so its output is the per-window mean squared error."""
-        import keras
+        from edgefleet.models.tfquiet import import_keras
+
+        keras = import_keras()
 
         inp = keras.Input(model.input_shape[1:], name="window")
         err = keras.layers.Subtract(name="residual")([inp, model(inp)])
