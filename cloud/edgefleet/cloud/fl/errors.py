@@ -12,6 +12,12 @@ class FlRunError(CloudError):
     reason = "fl-run"
 
 
+class ControlApiError(FlRunError):
+    """The SuperLink's Control API kept failing, or refused a call (its log says why)."""
+
+    reason = "fl-control-api"
+
+
 class FlSettingsError(ConfigError):
     """Federated-run options that cannot work together."""
 

@@ -4,6 +4,10 @@ This is the one module of the cloud that touches Flower's internals (the Control
 FAB building): ``flwr run`` cannot be used because Flower 1.41's own CLI fails to start with
 the typer version this project pins (``Type not yet supported: Literal``), and ``flwr run``
 exits 0 even when the ServerApp crashes, so runs are started and polled here instead.
+
+Every Control API call goes through :meth:`SuperLink._call`, which retries transient failures
+(HTTP 5xx, a connection or a timeout) with a bounded backoff: a loaded SuperLink answers 500
+now and then (docs/federated.md, "Control API errors"), and one of them must not end a run.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import signal
 import socket
@@ -22,11 +27,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any, Self, TypeVar
 
+import httpx
 import psutil
 
-from edgefleet.cloud.fl.errors import FlRunError
+from edgefleet.cloud.fl.errors import ControlApiError, FlRunError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 APP_TOML = """\
 [build-system]
@@ -85,6 +94,50 @@ class TlsFiles:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlRetry:
+    """How a Control API call that failed transiently is retried: ``attempts`` in all, backoff.
+
+    The delay doubles from ``first_delay_s`` up to ``max_delay_s``; the defaults ride out
+    about 15 s of trouble (plus each attempt's own wait) before the run fails.
+    """
+
+    attempts: int = 6
+    first_delay_s: float = 0.5
+    max_delay_s: float = 8.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.first_delay_s < 0 or self.max_delay_s < self.first_delay_s:
+            raise ValueError("ControlRetry needs attempts >= 1 and 0 <= first_delay <= max_delay")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return float(min(self.max_delay_s, self.first_delay_s * 2 ** (attempt - 1)))
+
+
+def transient(exc: Exception, *, idempotent: bool) -> bool:
+    """Whether a Control API call that raised ``exc`` may succeed if sent again.
+
+    A connection that never opened is always worth another try. A 5xx, a broken connection or
+    a timeout may have reached the SuperLink: only calls that are safe to repeat
+    (``idempotent``) are sent again after one. 4xx answers are final.
+    """
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return True
+    if not idempotent:
+        return False
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500
+    return isinstance(exc, httpx.TransportError)
+
+
+def describe(exc: Exception) -> str:
+    """A short description of a Control API failure (``HTTP 500 Internal Server Error``)."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code} {exc.response.reason_phrase}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+@dataclass(frozen=True, slots=True)
 class RunStatus:
     """Status of a Flower run as the Control API reports it."""
 
@@ -114,12 +167,18 @@ class SuperLink:
         port: int = 0,
         tls: TlsFiles | None = None,
         supernode_auth: bool = False,
+        database: Path | None = None,
+        retry: ControlRetry = ControlRetry(),
     ) -> None:
         self.workdir = Path(workdir)
         self.host = host
         self.port = port or free_port()
         self.tls = tls
         self.supernode_auth = supernode_auth
+        # None: Flower's in-memory state. A SQLite file makes every Control API call wait on
+        # one write lock shared with every SuperNode's writes (docs/federated.md).
+        self.database = None if database is None else Path(database).resolve()
+        self.retry = retry
         self.home = self.workdir / "flwr-home"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -141,10 +200,11 @@ class SuperLink:
         cmd = [
             str(Path(sys.executable).parent / "flower-superlink"),
             "--host", self.host, "--port", str(self.port),
-            "--database", str(self.workdir / "superlink.db"),
             # Dependencies are ours, installed; never let Flower run `uv sync` on a FAB.
             "--disable-runtime-dependency-installation",
         ]  # fmt: skip
+        if self.database is not None:
+            cmd += ["--database", str(self.database)]
         if self.tls is None:
             cmd.append("--insecure")
         else:
@@ -201,6 +261,43 @@ class SuperLink:
     def _client(self) -> Any:
         return control_client(self.address, self.home, None if self.tls is None else self.tls.ca)
 
+    def _call(self, what: str, call: Callable[[Any], T], *, idempotent: bool = True) -> T:
+        """``call(client)`` on a fresh Control API client, retried while its failure is transient.
+
+        Raises :class:`ControlApiError` once the retries are spent, at once for a final answer
+        (4xx), and at once if the SuperLink process itself has exited.
+        """
+        began = time.monotonic()
+        for attempt in range(1, self.retry.attempts + 1):
+            client = self._client()
+            try:
+                return call(client)
+            except Exception as exc:
+                if self._proc is not None and self._proc.poll() is not None:
+                    raise FlRunError(
+                        f"the SuperLink died ({what}: {describe(exc)}); see {self.log_path}"
+                    ) from None
+                if not transient(exc, idempotent=idempotent):
+                    raise ControlApiError(
+                        f"the SuperLink at {self.address} refused {what}: {describe(exc)}; "
+                        f"see {self.log_path}"
+                    ) from exc
+                if attempt == self.retry.attempts:
+                    raise ControlApiError(
+                        f"the SuperLink at {self.address} failed {what} {attempt} times in "
+                        f"{time.monotonic() - began:.0f} s (last: {describe(exc)}); "
+                        f"its log says why: {self.log_path}"
+                    ) from exc
+                delay = self.retry.delay(attempt)
+                log.warning(
+                    "the SuperLink's Control API failed %s (%s), attempt %d of %d; retrying in "
+                    "%.1f s", what, describe(exc), attempt, self.retry.attempts, delay,
+                )  # fmt: skip
+                time.sleep(delay)
+            finally:
+                client.close()
+        raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+
     def register_node(self, public_key: Path, *, name: str | None = None) -> int:
         """Register a SuperNode's OpenSSH public key (``flwr supernode register``); its node id.
 
@@ -216,11 +313,7 @@ class SuperLink:
         """Registered SuperNodes and their status (``registered``, ``online``, ``offline``)."""
         from flwr.proto.control_pb2 import ListNodesRequest
 
-        client = self._client()
-        try:
-            res = client.ListNodes(ListNodesRequest())
-        finally:
-            client.close()
+        res = self._call("list-nodes", lambda c: c.ListNodes(ListNodesRequest()))
         return {int(n.node_id): str(n.status) for n in res.nodes_info}
 
     def start_run(self, settings_path: Path, *, app_toml: str = APP_TOML) -> int:
@@ -233,20 +326,14 @@ class SuperLink:
         with tempfile.TemporaryDirectory(prefix="edgefleet-fab-") as tmp:
             fab_bytes = build_fab_from_disk(write_app(Path(tmp) / "app", app_toml))
         fab = Fab(hashlib.sha256(fab_bytes).hexdigest(), fab_bytes, {})
-        client = self._client()
-        try:
-            res = client.StartRun(
-                StartRunRequest(
-                    fab=fab_to_proto(fab),
-                    override_config=user_config_to_proto({"settings": str(settings_path)}),
-                    federation="",
-                    app_spec="",
-                )
-            )
-        except Exception as exc:
-            raise FlRunError(f"the SuperLink at {self.address} refused the run: {exc}") from None
-        finally:
-            client.close()
+        request = StartRunRequest(
+            fab=fab_to_proto(fab),
+            override_config=user_config_to_proto({"settings": str(settings_path)}),
+            federation="",
+            app_spec="",
+        )
+        # Not sent again after a 5xx: the SuperLink may have made the run before it failed.
+        res = self._call("start-run", lambda c: c.StartRun(request), idempotent=False)
         if not res.HasField("run_id"):
             raise FlRunError("the SuperLink did not start the run")
         return int(res.run_id)
@@ -256,11 +343,7 @@ class SuperLink:
         from flwr.common.serde import run_from_proto
         from flwr.proto.control_pb2 import ListRunsRequest
 
-        client = self._client()
-        try:
-            res = client.ListRuns(ListRunsRequest(run_id=run_id))
-        finally:
-            client.close()
+        res = self._call("list-runs", lambda c: c.ListRuns(ListRunsRequest(run_id=run_id)))
         run = run_from_proto(res.run_dict[run_id])
         return RunStatus(run.status.status, run.status.sub_status, run.status.details)
 
@@ -268,11 +351,7 @@ class SuperLink:
         """Ask the SuperLink to stop a run."""
         from flwr.proto.control_pb2 import StopRunRequest
 
-        client = self._client()
-        try:
-            client.StopRun(StopRunRequest(run_id=run_id))
-        finally:
-            client.close()
+        self._call("stop-run", lambda c: c.StopRun(StopRunRequest(run_id=run_id)))
 
     def wait(
         self,
