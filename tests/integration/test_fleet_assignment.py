@@ -19,8 +19,10 @@ from support.models_zoo import Zoo, shared_zoo
 from edgefleet.cloud.app import Cloud, CloudConfig
 from edgefleet.cloud.broker import MosquittoBroker
 from edgefleet.cloud.client import CloudClient
-from edgefleet.protocol import bundle, signing
+from edgefleet.protocol import bundle, signing, topics
 from edgefleet.protocol.bundle import VerifiedBundle
+from edgefleet.protocol.errors import Incompatible
+from edgefleet.protocol.messages import AssignModel
 
 MODEL = "vibration-anomaly"
 DEVICES = ("pump-1", "pump-2", "pump-3")
@@ -153,3 +155,54 @@ def test_three_agents_run_an_assigned_bundle_and_refuse_an_untrusted_one(
     assert {reason for _, reason in states.values()} == {"untrusted-key"}
     for a in agents:
         assert a.agent.model_ref == (MODEL, "1.1.0"), "a refused bundle must change nothing"
+
+
+@pytest.mark.slow(seconds=120)
+def test_a_bundle_for_another_sensor_is_refused_by_the_cloud_and_by_the_agent(
+    fleet: tuple[Cloud, list[AgentThread], Path], zoo: Zoo, tmp_path: Path
+) -> None:
+    cloud, agents, _ = fleet
+    client = CloudClient(cloud.http_url)
+    # Each agent's birth tells the cloud its source: 400 Hz vibration, channels, runtimes.
+    profiles = wait_for(
+        lambda: (
+            (p := {d["device_id"]: d["profile"] for d in client.devices() if d["profile"]})
+            and set(p) >= set(DEVICES)
+            and p
+        ),
+        what="three device profiles",
+    )
+    assert profiles["pump-1"]["sample_rate_hz"] == 400.0
+    assert profiles["pump-1"]["task"] == "anomaly"
+    assert "litert" in profiles["pump-1"]["runtimes"]
+
+    activity = zoo.builds["activity"].bundle("litert")  # a 50 Hz wrist classifier
+    archive = tmp_path / "activity.tar.gz"
+    sha = bundle.pack_bundle(activity, archive)
+    client.push(archive.read_bytes())
+    with pytest.raises(Incompatible) as refused:
+        client.assign("activity@1.0.0", devices=["pump-1"])
+    for part in ("pump-1", "50 Hz", "400 Hz", "anomaly"):
+        assert part in str(refused.value)
+    assert client.request("GET", "/v1/assignments") == []
+
+    # The agent refuses it too if it arrives anyway (an older cloud, a hand-made command).
+    assert cloud.publisher is not None
+    cmd = AssignModel(
+        device_id=cloud.node.node_id, boot_id=cloud.node.boot_id, seq=cloud.node.next_seq(),
+        sent_at=time.time(), command_id="by-hand-1", model="activity", version="1.0.0",
+        url=f"{cloud.http_url}/v1/blobs/{sha}", sha256=sha, size=archive.stat().st_size,
+        runtime="litert",
+    )  # fmt: skip
+    cloud.publisher.publish(topics.command("default", "pump-1", "assign-model"), cmd)
+
+    def final_ack() -> dict[str, Any] | None:
+        acks = client.request("GET", "/v1/telemetry/command_acks?device=pump-1")
+        done = [a for a in acks if a["command_id"] == "by-hand-1" and a["status"] != "received"]
+        return done[0] if done else None
+
+    ack = wait_for(final_ack, what="pump-1's answer to the hand-made command")
+    assert (ack["status"], ack["reason"]) == ("refused", "incompatible")
+    assert "50 Hz" in ack["detail"]
+    assert "400 Hz" in ack["detail"]
+    assert agents[0].agent.model_ref == (MODEL, "1.0.0"), "a refused bundle must change nothing"
