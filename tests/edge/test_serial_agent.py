@@ -29,7 +29,8 @@ def serial_config(data: Path, port: int, tty: str, bundle: Path, pub: Path) -> A
         f'kind = "serial"\nport = "{tty}"\nchannels = ["ax", "ay", "az"]\n'
         "read_timeout_s = 0.5\nreport_interval_s = 0.2\nreconnect_min_s = 0.05",
     )
-    return make_config(text.replace("rate_hz = 400.0", "rate_hz = 1000.0"))
+    # 400 Hz, the tiny bundle's sample rate: the agent refuses a bundle made for another rate.
+    return make_config(text)
 
 
 class RecordingSerialSource(SerialSource):
@@ -39,7 +40,7 @@ class RecordingSerialSource(SerialSource):
         super().__init__(
             port,
             channels=("ax", "ay", "az"),
-            rate_hz=1000,
+            rate_hz=400,
             chunk=64,
             read_timeout=0.5,
             reconnect_min=0.05,
@@ -80,7 +81,7 @@ def test_agent_reads_an_emulated_mcu_survives_replug_and_garbage_and_publishes(
 ) -> None:
     acker = CommitAcker(mosquitto.host, mosquitto.port)
     mcu_cfg = EmulatorConfig(
-        rate_hz=1000, channels=3, batch=10, noise=0.05, garbage_every=0.2, seed=21
+        rate_hz=400, channels=3, batch=10, noise=0.05, garbage_every=0.2, seed=21
     )
 
     async def main() -> None:
@@ -141,7 +142,7 @@ def test_agent_check_reads_a_serial_source_built_from_config(
     tmp_path: Path, good_bundle: Path, trusted_pub: Path
 ) -> None:
     async def main() -> None:
-        async with McuEmulator(EmulatorConfig(rate_hz=1000, channels=3, batch=10)) as mcu:
+        async with McuEmulator(EmulatorConfig(rate_hz=400, channels=3, batch=10)) as mcu:
             cfg = serial_config(tmp_path / "d", 1, mcu.path, good_bundle, trusted_pub)
             lines = await dry_run(cfg, windows=3)
             assert any(line.startswith("source: serial ['ax', 'ay', 'az']") for line in lines)
