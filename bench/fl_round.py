@@ -165,6 +165,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    # A Control API call retried on a loaded machine is worth seeing (on stderr).
+    logging.getLogger("edgefleet.cloud.fl.superlink").setLevel(logging.WARNING)
     from support.fl_models import build  # type: ignore[import-not-found]
 
     metrics: dict[str, float | list[float]] = {}

@@ -66,9 +66,18 @@ class FlSetup:
 
 
 def start_setup(
-    zoo: Zoo, broker_url: str, port: int, tmp_path: Path, devices: tuple[str, ...]
+    zoo: Zoo,
+    broker_url: str,
+    port: int,
+    tmp_path: Path,
+    devices: tuple[str, ...],
+    *,
+    fl_keys: dict[str, str] | None = None,
 ) -> FlSetup:
-    """A cloud that signs federated results with the zoo's key; one agent per device."""
+    """A cloud that signs federated results with the zoo's key; one agent per device.
+
+    ``fl_keys``: a device's own ``[fl]`` section instead of :data:`FL_KEYS`.
+    """
     cloud = Cloud(
         CloudConfig(
             workdir=tmp_path / "cloud",
@@ -86,7 +95,7 @@ def start_setup(
         for i, device in enumerate(devices):
             text = agent_toml(
                 tmp_path / device, port, device=device, bundle=v1, keys=[zoo.public_key],
-                extra=FL_KEYS,
+                extra=(fl_keys or {}).get(device, FL_KEYS),
             )  # fmt: skip
             text = text.replace("seed = 3", f"seed = {20 + i}")
             setup.agents[device] = AgentThread(make_config(text))

@@ -309,12 +309,14 @@ def _in_cloud(url: str, body: dict[str, Any], *, timeout: float, every: float | 
         console.log(f"run {run['id']}: start-training sent to {', '.join(run['devices'])}")
         progress, show = _progress(console, int(body["rounds"]))
         seen = 0
+        answers: dict[str, Any] = {}
         with progress:
             while run["state"] not in ("finished", "failed"):
                 if time.monotonic() - began > timeout:
                     raise FlRunError(f"run {run['id']} did not end in {timeout:.0f} s")
                 time.sleep(1.0)
                 run = client.request("GET", f"/v1/fl/runs/{run['id']}")
+                _show_answers(progress.console, run["acks"], answers)
                 for rec in run["rounds"][seen:]:
                     show(rec)
                 seen = len(run["rounds"])
@@ -336,6 +338,16 @@ def _in_cloud(url: str, body: dict[str, Any], *, timeout: float, every: float | 
         if every is None:
             return
         time.sleep(max(0.0, every - (time.monotonic() - began)))
+
+
+def _show_answers(console: Console, acks: dict[str, Any], shown: dict[str, Any]) -> None:
+    """Log each device's answer to start-training once, and again when it changes."""
+    for device, ack in sorted(acks.items()):
+        if shown.get(device) == ack:
+            continue
+        shown[device] = ack
+        said = ": ".join(str(x) for x in (ack.get("reason"), ack.get("detail")) if x)
+        console.log(f"{device}: {ack.get('status')}" + (f" ({said})" if said else ""))
 
 
 def _start_point(

@@ -28,3 +28,7 @@ class QuorumNotReached(FlRunError):
     """No round reached its quorum of clients: the model is unchanged."""
 
     reason = "fl-quorum"
+
+
+class QuorumUnreachable(QuorumNotReached):
+    """Too many devices refused or failed for any round to reach quorum: the run ended early."""

@@ -54,8 +54,12 @@ def run_on_superlink(
     *,
     timeout: float,
     on_round: Callable[[dict[str, Any]], None] | None = None,
+    check: Callable[[], None] | None = None,
 ) -> RunOutcome:
     """Submit the run, report each round as it lands, and check how the run ended.
+
+    ``check`` is called at every poll; what it raises ends the run (the caller stops the
+    SuperLink), e.g. once the devices that are left cannot make quorum.
 
     ``flwr run`` reports success even when the ServerApp crashed: the run's status from the
     Control API and the result file are what count here.
@@ -65,17 +69,19 @@ def run_on_superlink(
     settings.result_path.unlink(missing_ok=True)
     seen = 0
 
-    def poll() -> None:
+    def poll(*, running: bool = True) -> None:
         nonlocal seen
         rounds = read_rounds(settings.rounds_path)
         for rec in rounds[seen:]:
             if on_round is not None:
                 on_round(rec)
         seen = len(rounds)
+        if running and check is not None:
+            check()
 
     run_id = link.start_run(settings.settings_path)
     st = link.wait(run_id, timeout, poll=poll)
-    poll()
+    poll(running=False)
     text = f"{st.status}:{st.sub_status}"
     if not st.ok:
         raise FlRunError(

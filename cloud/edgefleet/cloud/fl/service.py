@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from edgefleet.cloud.assignments import Assigner
 from edgefleet.cloud.errors import NoTargets, NotFound
-from edgefleet.cloud.fl.errors import FlSettingsError
+from edgefleet.cloud.fl.errors import FlSettingsError, QuorumUnreachable
 from edgefleet.cloud.fl.journal import RunJournal
 from edgefleet.cloud.fl.schedule import SCHEDULE_FILE, FlSchedule, FlScheduler, load_schedule
 from edgefleet.cloud.fl.settings import STRATEGIES, DpSettings, RunSettings
@@ -35,6 +35,10 @@ from edgefleet.protocol.messages import StartTraining
 log = logging.getLogger(__name__)
 COMMAND = "start-training"
 RunState = Literal["preparing", "running", "registering", "assigning", "finished", "failed"]
+# A device that refused or whose session failed will not train in this run.
+LOST = ("refused", "failed")
+# Once quorum is out of reach, how long the devices still silent get to say why too.
+ANSWER_GRACE_S = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +143,8 @@ class FlRun:
     metric: dict[str, float | None] = field(default_factory=dict)
     assignment: str | None = None
     start: dict[str, Any] = field(default_factory=dict)
+    # Each device's newest answer to start-training, as last seen by the run (kept on disk).
+    acks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
@@ -146,7 +152,7 @@ class FlRun:
         return self.state in ("finished", "failed")
 
     def to_json(self, acks: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-        """The run as JSON (``acks``: each device's newest answer to its command)."""
+        """The run as JSON (``acks``: each device's newest answer, over the recorded ones)."""
         r = self.request
         return {
             "id": self.id,
@@ -156,7 +162,7 @@ class FlRun:
             "finished_at": self.finished_at,
             "superlink": self.superlink,
             "devices": self.devices,
-            "acks": acks or {},
+            "acks": {**self.acks, **(acks or {})},
             "settings": {
                 "rounds": r.rounds,
                 "min_clients": r.min_clients,
@@ -323,7 +329,75 @@ class FlService:
             run.error, run.reason, run.state = f"{type(exc).__name__}: {exc}", "internal", "failed"
         finally:
             run.finished_at = time.time()
+            self._note_acks(run)
             self._save(run)
+
+    def _note_acks(self, run: FlRun) -> bool:
+        """Copy the devices' newest acks into the run's record; whether they changed."""
+        try:
+            acks = self.acks(run)
+        except EdgefleetError as exc:  # the store failing must not fail the run's record
+            log.warning("cannot read the acks of federated run %s: %s", run.id, exc)
+            return False
+        merged = {**run.acks, **acks}
+        if merged == run.acks:
+            return False
+        run.acks = merged
+        return True
+
+    def _quorum_watch(self, run: FlRun, on_round: Any) -> Any:
+        """A check for each poll of the run: fail it once its devices cannot make quorum.
+
+        ``refused + failed > selected - min_clients`` means no round can gather
+        ``min_clients`` replies any more: waiting out the quorum timeout would change
+        nothing. After a round was aggregated the run goes on (its result is worth
+        registering); the rounds left are skipped by the ServerApp as before.
+        """
+        req = run.request
+        spare = len(run.devices) - req.min_clients
+        hopeless_since: float | None = None
+
+        def check() -> None:
+            nonlocal hopeless_since
+            if self._note_acks(run):
+                self._save(run)
+            if any(r.get("status") == "aggregated" for r in run.rounds):
+                return
+            lost = {d: a for d, a in run.acks.items() if a.get("status") in LOST}
+            if len(lost) <= spare:
+                return
+            now = time.monotonic()
+            hopeless_since = now if hopeless_since is None else hopeless_since
+            silent = [d for d in run.devices if d not in lost and d not in run.acks]
+            if silent and now - hopeless_since < ANSWER_GRACE_S:
+                return
+            why = "; ".join(_answer(d, run.acks.get(d)) for d in run.devices)
+            message = (
+                f"quorum cannot be reached: {len(lost)} of {len(run.devices)} device(s) "
+                f"refused or failed and the run needs {req.min_clients} (min_clients): {why}"
+            )
+            if len(run.rounds) < req.rounds:  # the round it waited for, as the dashboard shows it
+                on_round(
+                    {
+                        "round": len(run.rounds) + 1,
+                        "status": "skipped",
+                        "reason": message,
+                        "connected": 0,
+                        "sampled": 0,
+                        "replies": 0,
+                        "failures": len(lost),
+                        "examples": 0,
+                        "client_loss_before": None,
+                        "client_loss_after": None,
+                        "holdout": {},
+                        "train_seconds_max": 0.0,
+                        "seconds": 0.0,
+                        "at": time.time(),
+                    }
+                )
+            raise QuorumUnreachable(message)
+
+        return check
 
     def _save(self, run: FlRun) -> None:
         """Write the run's record; a full disk must not kill the run, only its record."""
@@ -360,7 +434,10 @@ class FlService:
                 publish_round(self.store, req.model, run.id, rec)
 
             timeout = req.quorum_timeout_s + req.rounds * (req.round_timeout_s + 60) + 120
-            outcome = run_on_superlink(settings, link, timeout=timeout, on_round=on_round)
+            outcome = run_on_superlink(
+                settings, link, timeout=timeout, on_round=on_round,
+                check=self._quorum_watch(run, on_round),
+            )  # fmt: skip
         finally:
             link.stop()
             with self._lock:
@@ -414,3 +491,12 @@ class FlService:
             result.metric: result.value,
             f"baseline_{result.metric}": result.baseline,
         }
+
+
+def _answer(device: str, ack: dict[str, Any] | None) -> str:
+    """``device refused (reason: detail)`` for a failure message; ``no answer`` when silent."""
+    if not ack:
+        return f"{device}: no answer"
+    status, reason, detail = ack.get("status"), ack.get("reason"), ack.get("detail")
+    said = ": ".join(str(x) for x in (reason, detail) if x)
+    return f"{device} {status}" + (f" ({said})" if said else "")
