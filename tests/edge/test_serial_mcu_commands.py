@@ -33,7 +33,8 @@ def serial_config(data: Path, port: int, tty: str, bundle: Path, pub: Path) -> A
         'kind = "simulated"',
         f'kind = "serial"\nport = "{tty}"\nchannels = ["ax", "ay", "az"]\nread_timeout_s = 0.5',
     )
-    return make_config(text.replace("rate_hz = 400.0", "rate_hz = 200.0"))
+    # 400 Hz, the tiny bundle's sample rate: the agent refuses a bundle made for another rate.
+    return make_config(text)
 
 
 def mcu_command(cid: str, action: McuAction) -> bytes:
@@ -69,7 +70,7 @@ def test_mcu_commands_from_the_broker_reach_the_emulated_mcu_and_are_acked(
         return ack
 
     async def main() -> None:
-        async with McuEmulator(EmulatorConfig(rate_hz=200, channels=3, batch=10)) as mcu:
+        async with McuEmulator(EmulatorConfig(rate_hz=400, channels=3, batch=10)) as mcu:
             cfg = serial_config(tmp_path / "d", mosquitto.port, mcu.path, good_bundle, trusted_pub)
             agent = Agent(cfg)
             task = asyncio.create_task(agent.run())
