@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from support.edge_agent import AgentThread, agent_toml, make_config
 from support.mqtt import Probe
 
@@ -20,6 +21,7 @@ def _config(tmp_path: Path, port: int, bundle: Path, pub: Path, device: str) -> 
     return path
 
 
+@pytest.mark.slow(seconds=8)
 def test_check_reports_a_live_broker_and_leaves_nothing_on_it(
     mosquitto, tmp_path, good_bundle, trusted_pub, capsys
 ):
