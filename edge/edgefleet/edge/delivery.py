@@ -29,7 +29,7 @@ from edgefleet.edge.runtime.base import Array
 from edgefleet.edge.slots import Slots
 from edgefleet.edge.verify import Checked, Verifier
 from edgefleet.protocol.bundle import read_manifest
-from edgefleet.protocol.compat import profile_for
+from edgefleet.protocol.compat import check_fit, profile_for
 from edgefleet.protocol.errors import BundleError, HashMismatch
 from edgefleet.protocol.manifest import BundleManifest
 from edgefleet.protocol.messages import AssignModel, DeviceProfile
@@ -258,14 +258,19 @@ class Delivery:
     def stage(self, archive: Path, expect: AssignModel | tuple[str, str] | None = None) -> Staged:
         """Unpack into the staging directory, verify signature and hashes, check compatibility.
 
-        ``expect`` is the command that assigns the bundle (or its ``(name, version)``); a
-        bundle without one is the operator's own configured bundle, which may change the task.
+        ``expect`` is the command that assigns the bundle (or its ``(name, version)``): an
+        assignment must fit the whole device profile, as the cloud checked it. A bundle without
+        one is the operator's own ``model.bundle``: only what the pipeline cannot run without
+        (channels, input spec) is enforced, because simulated fleets sample below a model's
+        rate on purpose; a rate that differs is logged.
         """
         allow_task_change = expect is None
         if isinstance(expect, AssignModel):
             allow_task_change = expect.allow_task_change
             expect = (expect.model, expect.version)
-        profile = self.profile(None if allow_task_change else self._serving())
+        profile = (
+            None if expect is None else self.profile(None if allow_task_change else self._serving())
+        )
         slot = self.slots.inactive()
         path = self.slots.prepare()
         try:
@@ -277,6 +282,10 @@ class Delivery:
                     reason="wrong-model",
                 )
             check_compatible(m, self.channels, profile, allow_task_change=allow_task_change)
+            if profile is None:
+                rate = check_fit(m, self.profile(), input_spec=False).mismatches
+                for mismatch in rate:
+                    log.warning("model.bundle %s: %s", m.ref, mismatch.detail)
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
