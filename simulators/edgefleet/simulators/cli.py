@@ -103,6 +103,8 @@ def run(  # noqa: PLR0917 - typer maps each parameter to an option
     sim = Simulation(options, console)
     try:
         sim.prepare()
+        for name, url in sim.state.urls.items():
+            console.print(f"[bold]{name}[/] {url}", highlight=False)
         result = sim.run()
     finally:
         sim.close()
