@@ -30,6 +30,7 @@ EXIT_MISSING_EXTRA = 3
 EXIT_CONFIG = 4
 EXIT_REFUSED = 5
 EXIT_INVARIANT = 6
+EXIT_UNREACHABLE = 7  # `agent check`: the broker the config names cannot be reached
 EXIT_INTERRUPTED = 130
 
 # Set by --verbose and read by edgefleet.models.tfquiet (the edge never imports it); children
@@ -62,7 +63,12 @@ PARTS: dict[str, Part] = {
         also=("edgefleet.cloud.models_cli",),
     ),
     "keys": Part("edgefleet.keys_cli", "edge", "Generate and inspect bundle signing keys."),
-    "cloud": Part("edgefleet.cloud.cli", "cloud", "Run the cloud aggregator and query the fleet."),
+    "cloud": Part(
+        "edgefleet.cloud.cli",
+        "cloud",
+        "Run the cloud aggregator and query the fleet.",
+        also=("edgefleet.cloud.devices_cli",),
+    ),
     "fl": Part("edgefleet.cloud.fl.cli", "fl", "Federated learning rounds with Flower."),
     "sim": Part("edgefleet.simulators.cli", "sim", "Simulate a whole fleet on one machine."),
     "demo": Part(

@@ -175,6 +175,7 @@ def _merge_status(dev: DeviceUpdate, msg: Status) -> None:
         model=msg.model,
         model_version=msg.model_version,
         sent_at=msg.sent_at,
+        profile=msg.profile,
     )
     if dev.status is None or supersedes(status, dev.status):
         dev.status = status
