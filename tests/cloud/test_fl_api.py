@@ -14,7 +14,8 @@ from edgefleet.cloud.fl.cli import app as fl_app
 from edgefleet.cloud.fl.errors import FlSettingsError
 from edgefleet.cloud.fl.publish import publish_round
 from edgefleet.cloud.fl.roundsource import StoreRounds
-from edgefleet.cloud.fl.service import FlRunRequest, FlServiceSettings
+from edgefleet.cloud.fl.run import FlRunRequest
+from edgefleet.cloud.fl.service import FlServiceSettings
 from edgefleet.protocol.errors import EdgefleetError
 
 

@@ -13,7 +13,8 @@ from support.cloud_devices import TestDevice
 from edgefleet.cloud.app import Cloud, CloudConfig
 from edgefleet.cloud.client import CloudClient
 from edgefleet.cloud.fl.journal import RunJournal
-from edgefleet.cloud.fl.service import FlRun, FlRunRequest, FlServiceSettings
+from edgefleet.cloud.fl.run import FlRun, FlRunRequest
+from edgefleet.cloud.fl.service import FlServiceSettings
 
 
 def _run(state: str = "running") -> FlRun:

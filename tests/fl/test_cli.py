@@ -101,7 +101,7 @@ def test_dp_of_a_cloud_run_reaches_the_server_settings_its_record_and_the_lineag
     from edgefleet.cloud.fl.handoff import run_lineage
     from edgefleet.cloud.fl.journal import RunJournal
     from edgefleet.cloud.fl.outcome import RunOutcome
-    from edgefleet.cloud.fl.service import FlRun, FlRunRequest
+    from edgefleet.cloud.fl.run import FlRun, FlRunRequest
     from edgefleet.cloud.fl.strategies import make_strategy
 
     req = FlRunRequest(

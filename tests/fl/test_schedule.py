@@ -9,8 +9,9 @@ import pytest
 
 from edgefleet.cloud.errors import NoTargets
 from edgefleet.cloud.fl.errors import FlSettingsError
+from edgefleet.cloud.fl.run import FlRun, FlRunRequest
 from edgefleet.cloud.fl.schedule import SCHEDULE_FILE, FlSchedule, FlScheduler, load_schedule
-from edgefleet.cloud.fl.service import FlRun, FlRunRequest, FlService, FlServiceSettings
+from edgefleet.cloud.fl.service import FlService, FlServiceSettings
 from edgefleet.cloud.node import CloudNode
 from edgefleet.cloud.registry import ModelRegistry
 from edgefleet.cloud.store import open_store

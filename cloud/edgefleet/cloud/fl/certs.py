@@ -24,7 +24,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edgefleet.cloud.fl.superlink import TlsFiles
 from edgefleet.protocol.errors import ConfigError
 
 CA_CERT = "ca.crt"
@@ -61,6 +60,15 @@ class NodeKeyError(CertsError):
     """A SuperNode key name or key file is not usable for Flower's SuperNode authentication."""
 
     reason = "bad-node-key"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """Certificates of a TLS SuperLink (``edgefleet fl certs`` makes a self-signed set)."""
+
+    ca: Path
+    cert: Path
+    key: Path
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from edgefleet.cloud.fl.certs import TlsFiles
 from edgefleet.cloud.fl.certs_cli import app as certs_app
 from edgefleet.cloud.fl.errors import FlRunError, FlSettingsError
 from edgefleet.cloud.fl.settings import DpSettings, RunSettings
-from edgefleet.cloud.fl.superlink import TlsFiles
 
 if TYPE_CHECKING:
     from edgefleet.cloud.fl.origin import StartPoint

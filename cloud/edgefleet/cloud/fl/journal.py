@@ -16,12 +16,10 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from edgefleet.cloud.fl.run import FlRun, FlRunRequest
 from edgefleet.protocol.errors import EdgefleetError
-
-if TYPE_CHECKING:
-    from edgefleet.cloud.fl.service import FlRun
 
 log = logging.getLogger(__name__)
 RECORD = "run.json"
@@ -89,8 +87,6 @@ def _to_record(run: FlRun) -> dict[str, Any]:
 
 
 def _from_record(data: dict[str, Any]) -> FlRun:
-    from edgefleet.cloud.fl.service import FlRun, FlRunRequest
-
     if data.get("format") != FORMAT:
         raise ValueError(f"record format {data.get('format')!r}, this cloud reads {FORMAT}")
     req = dict(data["request"])

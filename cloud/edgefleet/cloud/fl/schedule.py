@@ -24,14 +24,12 @@ import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from edgefleet.cloud.errors import NoTargets
 from edgefleet.cloud.fl.errors import FlSettingsError
+from edgefleet.cloud.fl.run import FlRun, FlRunRequest
 from edgefleet.protocol.errors import EdgefleetError
-
-if TYPE_CHECKING:
-    from edgefleet.cloud.fl.service import FlRun, FlRunRequest
 
 log = logging.getLogger(__name__)
 SCHEDULE_FILE = "schedule.toml"
@@ -54,8 +52,6 @@ class FlSchedule:
 
 def load_schedule(path: Path) -> tuple[FlSchedule, ...]:
     """The ``[[run]]`` entries of a schedule file (none if it does not exist)."""
-    from edgefleet.cloud.fl.service import FlRunRequest
-
     if not path.is_file():
         return ()
     try:

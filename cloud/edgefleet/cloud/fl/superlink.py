@@ -32,6 +32,7 @@ from typing import IO, Any, Self, TypeVar
 import httpx
 import psutil
 
+from edgefleet.cloud.fl.certs import TlsFiles, check_node_name, node_public_key_bytes
 from edgefleet.cloud.fl.errors import ControlApiError, FlRunError
 
 log = logging.getLogger(__name__)
@@ -82,15 +83,6 @@ def write_app(directory: Path, app_toml: str = APP_TOML) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "pyproject.toml").write_text(app_toml)
     return directory
-
-
-@dataclass(frozen=True, slots=True)
-class TlsFiles:
-    """Certificates of a TLS SuperLink (``edgefleet fl certs`` makes a self-signed set)."""
-
-    ca: Path
-    cert: Path
-    key: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,8 +406,6 @@ def register_node(
 ) -> int:
     """Register a SuperNode's OpenSSH public key with the SuperLink at ``address``; its id."""
     from flwr.proto.control_pb2 import RegisterNodeRequest
-
-    from edgefleet.cloud.fl.certs import check_node_name, node_public_key_bytes
 
     key = node_public_key_bytes(public_key)
     if name is not None:
