@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal, Protocol
 
 import msgspec
 
+from edgefleet.edge.sequencer import Sequencer
+from edgefleet.edge.uplink import Uplink
 from edgefleet.protocol import topics
 from edgefleet.protocol.codec import check_topic, decode
 from edgefleet.protocol.errors import EdgefleetError, ProtocolError
@@ -20,12 +22,10 @@ from edgefleet.protocol.messages import (
     CommandAck,
     Commit,
     McuCommand,
+    Scalar,
     SetConfig,
     StartTraining,
 )
-
-if TYPE_CHECKING:
-    from edgefleet.edge.agent import Agent
 
 log = logging.getLogger(__name__)
 _REMEMBER = 256
@@ -35,10 +35,69 @@ class _Peek(msgspec.Struct):
     command_id: str = ""
 
 
+class AgentControl(Protocol):
+    """What a command may do to the agent: the agent implements it, commands see nothing more.
+
+    A new command is one handler in :class:`CommandHandler` plus, where it acts on the
+    agent, one method here.
+    """
+
+    @property
+    def device_id(self) -> str:
+        """The device the acks come from."""
+        ...
+
+    @property
+    def fleet(self) -> str:
+        """The fleet the acks are published in."""
+        ...
+
+    @property
+    def sequencer(self) -> Sequencer:
+        """Numbers this boot's records (an ack carries the boot id)."""
+        ...
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The agent's clock (expiry checks, ack times)."""
+        ...
+
+    @property
+    def uplink(self) -> Uplink:
+        """Where acks are queued and cloud commits land."""
+        ...
+
+    @property
+    def source(self) -> object:
+        """The source, which may forward microcontroller commands (``mcu_command``)."""
+        ...
+
+    def event(
+        self,
+        kind: str,
+        level: Literal["debug", "info", "warning", "error", "critical"],
+        message: str,
+        data: dict[str, Scalar] | None = None,
+    ) -> None:
+        """Queue an event record on ``event/{kind}``."""
+
+    def flush_soon(self) -> None:
+        """Write queued records (an ack) now rather than at the next flush tick."""
+
+    async def assign_model(self, cmd: AssignModel) -> None:
+        """Install the assigned model and ack the outcome."""
+
+    async def set_config(self, cmd: SetConfig) -> None:
+        """Apply runtime settings and ack the outcome."""
+
+    async def start_training(self, cmd: StartTraining) -> None:
+        """Join a federated run and ack the outcome."""
+
+
 class CommandHandler:
     """Turns command messages into agent actions and acks; malformed ones change nothing."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: AgentControl) -> None:
         self.agent = agent
         # Redelivered QoS 1 commands (persistent sessions) must not run twice.
         self._done: OrderedDict[str, CommandAck | None] = OrderedDict()
