@@ -6,12 +6,43 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from edgefleet.simulators.cloudview import CloudView
+from edgefleet.simulators.driftseen import DriftSeen
 from edgefleet.simulators.invariants import Checks
+from edgefleet.simulators.live import LiveState
+from edgefleet.simulators.plan import FleetPlan
 
-if TYPE_CHECKING:
-    from edgefleet.simulators.fleet import Simulation
+
+class _Processes(Protocol):
+    @property
+    def processes(self) -> int: ...
+
+
+class FinishedRun(Protocol):
+    """What a report reads of a finished simulation (``fleet.Simulation`` is one).
+
+    A protocol, not the class: the report is a value built from a run, and importing the
+    simulation here would make the two modules import each other.
+    """
+
+    plan: FleetPlan
+    state: LiveState
+    view: CloudView | None
+    earlier_assignments: frozenset[str]
+    timeline: list[dict[str, Any]]
+    notes: list[str]
+    drift_seen: list[DriftSeen]
+
+    @property
+    def options(self) -> _Processes: ...
+
+    @property
+    def broker_url(self) -> str: ...
+
+    @property
+    def http_url(self) -> str: ...
 
 
 @dataclass(slots=True)
@@ -67,7 +98,7 @@ TOTALS = (
 )
 
 
-def build_report(sim: Simulation, checks: Checks, wall_s: float) -> Report:
+def build_report(sim: FinishedRun, checks: Checks, wall_s: float) -> Report:
     """Assemble the report of a finished run."""
     plan = sim.plan
     rss = sum(s.rss_mb for s in sim.state.snaps.values())
@@ -94,7 +125,7 @@ def build_report(sim: Simulation, checks: Checks, wall_s: float) -> Report:
     )
 
 
-def _assignments(sim: Simulation) -> list[dict[str, Any]]:
+def _assignments(sim: FinishedRun) -> list[dict[str, Any]]:
     view = sim.view
     if view is None:
         return []
