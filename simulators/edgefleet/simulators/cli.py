@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -80,7 +79,6 @@ def run(  # noqa: PLR0917 - typer maps each parameter to an option
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         force=True,
     )
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     spec = load_scenario(scenario) if scenario is not None else default_scenario()
     if devices is None and scenario is None:
         devices = 10

@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import shutil
 import threading
 import time
@@ -454,7 +453,6 @@ def demo(  # noqa: PLR0917 - typer maps each parameter to an option
 ) -> None:
     """Show the whole system end to end on this machine."""
     parse_broker(broker)  # a bad --broker fails at once (exit 4), before any build
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     # Absolute once, here: the broker, the SuperLink and the ServerApp run in other directories.
     workdir = absolute(workdir)
     console = make_console()
