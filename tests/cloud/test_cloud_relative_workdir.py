@@ -26,7 +26,7 @@ from support.mqtt import Probe
 
 from edgefleet.cloud.app import CloudConfig
 from edgefleet.cloud.broker import MosquittoBroker, mosquitto_available
-from edgefleet.cloud.fl.service import FlServiceSettings
+from edgefleet.cloud.fl.runs.service import FlServiceSettings
 
 
 def _start(cwd: Path, *args: str) -> subprocess.Popen[bytes]:

@@ -12,10 +12,10 @@ from edgefleet.cloud.client import CloudClient
 from edgefleet.cloud.errors import CloudError
 from edgefleet.cloud.fl.cli import app as fl_app
 from edgefleet.cloud.fl.errors import FlSettingsError
-from edgefleet.cloud.fl.publish import publish_round
-from edgefleet.cloud.fl.roundsource import StoreRounds
-from edgefleet.cloud.fl.run import FlRunRequest
-from edgefleet.cloud.fl.service import FlServiceSettings
+from edgefleet.cloud.fl.runs.publish import publish_round
+from edgefleet.cloud.fl.runs.roundsource import StoreRounds
+from edgefleet.cloud.fl.runs.run import FlRunRequest
+from edgefleet.cloud.fl.runs.service import FlServiceSettings
 from edgefleet.protocol.errors import EdgefleetError
 
 

@@ -12,9 +12,9 @@ from support.cloud_devices import TestDevice
 
 from edgefleet.cloud.app import Cloud, CloudConfig
 from edgefleet.cloud.client import CloudClient
-from edgefleet.cloud.fl.journal import RunJournal
-from edgefleet.cloud.fl.run import FlRun, FlRunRequest
-from edgefleet.cloud.fl.service import FlServiceSettings
+from edgefleet.cloud.fl.runs.journal import RunJournal
+from edgefleet.cloud.fl.runs.run import FlRun, FlRunRequest
+from edgefleet.cloud.fl.runs.service import FlServiceSettings
 
 
 def _run(state: str = "running") -> FlRun:
@@ -72,7 +72,7 @@ def test_a_damaged_record_is_skipped_and_the_others_load(tmp_path: Path, caplog)
     }.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "run.json").write_text(text)
-    with caplog.at_level(logging.WARNING, logger="edgefleet.cloud.fl.journal"):
+    with caplog.at_level(logging.WARNING, logger="edgefleet.cloud.fl.runs.journal"):
         loaded = list(journal.load())
     assert [r.id for r in loaded] == [good.id]
     assert sum("unreadable" in r.message for r in caplog.records) == 4

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from edgefleet.cloud.broker import MosquittoBroker
 from edgefleet.cloud.fl.cli import app as fl_app
 from edgefleet.cloud.fl.errors import FlRunError
-from edgefleet.cloud.fl.journal import RunJournal
+from edgefleet.cloud.fl.runs.journal import RunJournal
 
 OFF, STARVED = "fl-off", "fl-starved"
 KEYS = {

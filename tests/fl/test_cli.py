@@ -78,7 +78,7 @@ def test_root_cli_exit_code_for_secagg(tmp_path):
 
 
 def test_round_metrics_are_published_once_per_round(tmp_path):
-    from edgefleet.cloud.fl.publish import publish_round
+    from edgefleet.cloud.fl.runs.publish import publish_round
     from edgefleet.cloud.store import open_store
 
     store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
@@ -98,10 +98,10 @@ def test_round_metrics_are_published_once_per_round(tmp_path):
 def test_dp_of_a_cloud_run_reaches_the_server_settings_its_record_and_the_lineage(tmp_path):
     from flwr.serverapp.strategy import DifferentialPrivacyServerSideAdaptiveClipping
 
-    from edgefleet.cloud.fl.handoff import run_lineage
-    from edgefleet.cloud.fl.journal import RunJournal
     from edgefleet.cloud.fl.outcome import RunOutcome
-    from edgefleet.cloud.fl.run import FlRun, FlRunRequest
+    from edgefleet.cloud.fl.runs.handoff import run_lineage
+    from edgefleet.cloud.fl.runs.journal import RunJournal
+    from edgefleet.cloud.fl.runs.run import FlRun, FlRunRequest
     from edgefleet.cloud.fl.strategies import make_strategy
 
     req = FlRunRequest(

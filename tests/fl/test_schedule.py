@@ -9,9 +9,9 @@ import pytest
 
 from edgefleet.cloud.errors import NoTargets
 from edgefleet.cloud.fl.errors import FlSettingsError
-from edgefleet.cloud.fl.run import FlRun, FlRunRequest
-from edgefleet.cloud.fl.schedule import SCHEDULE_FILE, FlSchedule, FlScheduler, load_schedule
-from edgefleet.cloud.fl.service import FlService, FlServiceSettings
+from edgefleet.cloud.fl.runs.run import FlRun, FlRunRequest
+from edgefleet.cloud.fl.runs.schedule import SCHEDULE_FILE, FlSchedule, FlScheduler, load_schedule
+from edgefleet.cloud.fl.runs.service import FlService, FlServiceSettings
 from edgefleet.cloud.node import CloudNode
 from edgefleet.cloud.registry import ModelRegistry
 from edgefleet.cloud.store import open_store
@@ -65,7 +65,7 @@ def test_a_due_run_waits_for_devices_and_its_last_run_then_starts(caplog):
     assert sched.tick() == []  # not due yet, however many devices are up
     clock.now += 1
     fleet.online = 1
-    with caplog.at_level(logging.INFO, logger="edgefleet.cloud.fl.schedule"):
+    with caplog.at_level(logging.INFO, logger="edgefleet.cloud.fl.runs.schedule"):
         assert sched.tick() == []
         assert sched.tick() == []
     assert "1 device(s) can train vibration-anomaly, the run needs 2" in sched.waiting[0]

@@ -19,10 +19,10 @@ from support.models_zoo import Zoo, shared_zoo
 
 from edgefleet.cloud.errors import NotFound
 from edgefleet.cloud.fl.errors import FlSettingsError
-from edgefleet.cloud.fl.handoff import REJECTED, hand_off
-from edgefleet.cloud.fl.origin import StartPoint, choose_version, start_point
 from edgefleet.cloud.fl.outcome import run_on_superlink
 from edgefleet.cloud.fl.prepare import prepare_run
+from edgefleet.cloud.fl.runs.handoff import REJECTED, hand_off
+from edgefleet.cloud.fl.runs.origin import StartPoint, choose_version, start_point
 from edgefleet.cloud.fl.settings import RunSettings
 from edgefleet.cloud.fl.superlink import SuperLink
 from edgefleet.cloud.registry import ModelRegistry

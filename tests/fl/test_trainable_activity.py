@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgefleet.cloud.fl.handoff import keras_weights
 from edgefleet.cloud.fl.prepare import Prepared, prepare_run
+from edgefleet.cloud.fl.runs.handoff import keras_weights
 from edgefleet.cloud.fl.settings import RunSettings
 from edgefleet.edge.fl.trainer import LiteRTTrainer
 from edgefleet.models.errors import UnsupportedVariant

@@ -10,7 +10,7 @@ from typing import Any
 
 from edgefleet.cloud.app import Cloud, CloudConfig
 from edgefleet.cloud.client import CloudClient
-from edgefleet.cloud.fl.service import FlServiceSettings
+from edgefleet.cloud.fl.runs.service import FlServiceSettings
 from edgefleet.edge.fl.buffer import TrainingBuffer
 from edgefleet.edge.fl.errors import NoTrainingData
 from edgefleet.protocol import bundle

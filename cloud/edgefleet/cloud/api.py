@@ -14,8 +14,8 @@ from starlette.exceptions import HTTPException
 
 from edgefleet.cloud.assignments import Assigner
 from edgefleet.cloud.errors import Conflict, NoTargets, NotFound
-from edgefleet.cloud.fl.run import FlRunRequest
-from edgefleet.cloud.fl.service import FlService
+from edgefleet.cloud.fl.runs.run import FlRunRequest
+from edgefleet.cloud.fl.runs.service import FlService
 from edgefleet.cloud.metrics import CloudMetrics
 from edgefleet.cloud.registry import ModelRegistry
 from edgefleet.cloud.store.base import (

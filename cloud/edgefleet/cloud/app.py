@@ -26,8 +26,8 @@ from edgefleet.cloud.broker import (
 from edgefleet.cloud.dashboard import Dashboard, DashboardSettings, mount_dashboard
 from edgefleet.cloud.dashboard.prometheus import SeriesLimits, register_device_metrics
 from edgefleet.cloud.errors import CloudError
-from edgefleet.cloud.fl.roundsource import StoreRounds
-from edgefleet.cloud.fl.service import FlService, FlServiceSettings
+from edgefleet.cloud.fl.runs.roundsource import StoreRounds
+from edgefleet.cloud.fl.runs.service import FlService, FlServiceSettings
 from edgefleet.cloud.homeassistant import HomeAssistantPublisher, HomeAssistantSettings
 from edgefleet.cloud.ingest import IngestSettings, IngestWorker, LoopKind, WorkerMode
 from edgefleet.cloud.metrics import CloudMetrics

@@ -16,7 +16,7 @@ from edgefleet.cloud.app import Cloud, CloudConfig, Retention
 from edgefleet.cloud.client import CloudClient
 from edgefleet.cloud.dashboard import DashboardSettings
 from edgefleet.cloud.dashboard.prometheus import SeriesLimits
-from edgefleet.cloud.fl.service import FlServiceSettings
+from edgefleet.cloud.fl.runs.service import FlServiceSettings
 from edgefleet.cloud.homeassistant import HomeAssistantSettings
 from edgefleet.cloud.ingest import WorkerMode
 from edgefleet.cloud.mqtt import MqttVersion

@@ -19,8 +19,8 @@ from edgefleet.cloud.fl.errors import FlRunError, FlSettingsError
 from edgefleet.cloud.fl.settings import DpSettings, RunSettings
 
 if TYPE_CHECKING:
-    from edgefleet.cloud.fl.origin import StartPoint
     from edgefleet.cloud.fl.outcome import RunOutcome
+    from edgefleet.cloud.fl.runs.origin import StartPoint
     from edgefleet.cloud.fl.secagg import SecAggSettings
 
 app = typer.Typer(
@@ -165,7 +165,7 @@ def start(
     if every is not None or device or assign:
         raise FlSettingsError("--every, --device and --assign need --cloud URL")
     from edgefleet.cloud.fl.prepare import prepare_run
-    from edgefleet.cloud.fl.publish import publish_round
+    from edgefleet.cloud.fl.runs.publish import publish_round
     from edgefleet.cloud.fl.secagg import SecAggSettings
 
     if secagg and (strategy != "fedavg" or dp != "none"):
@@ -353,8 +353,8 @@ def _show_answers(console: Console, acks: dict[str, Any], shown: dict[str, Any])
 def _start_point(
     model: str, db: str, registry_dir: Path, key: Path, *, trusted: list[Path], wanted: str | None
 ) -> StartPoint:
-    """Where the run starts: a registered version's float weights (edgefleet.cloud.fl.origin)."""
-    from edgefleet.cloud.fl.origin import start_point
+    """Where the run starts: a registered version's float weights (see ``runs.origin``)."""
+    from edgefleet.cloud.fl.runs.origin import start_point
     from edgefleet.cloud.registry import ModelRegistry
     from edgefleet.cloud.store import open_store
     from edgefleet.protocol.signing import load_private_key, load_public_key
@@ -370,7 +370,7 @@ def _start_point(
 def _register(
     outcome: Any, db: str, registry_dir: Path, key: Path, *, trusted: list[Path], margin: float
 ) -> None:
-    from edgefleet.cloud.fl.handoff import hand_off
+    from edgefleet.cloud.fl.runs.handoff import hand_off
     from edgefleet.cloud.registry import ModelRegistry
     from edgefleet.cloud.store import open_store
     from edgefleet.protocol.signing import load_private_key, load_public_key

@@ -51,7 +51,7 @@ def prepare_run(settings: RunSettings, initial: list[Array] | None = None) -> Pr
     """Write spec, trainable ``.tflite``, initial weights and holdout into the run directory.
 
     ``initial`` is where the run starts: the whole Keras model's float weights of a
-    registered version (see :mod:`edgefleet.cloud.fl.origin`); without it the weights of a
+    registered version (see :mod:`edgefleet.cloud.fl.runs.origin`); without it the weights of a
     freshly built (seeded) Keras model are used. The trainable model is built here for
     every run, so it always has the current signatures (FedProx's ``mu`` included). A model
     with a frozen base (``activity``) freezes the base of ``initial`` (kept in ``spec.json``)

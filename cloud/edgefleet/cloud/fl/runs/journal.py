@@ -18,7 +18,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from edgefleet.cloud.fl.run import FlRun, FlRunRequest
+from edgefleet.cloud.fl.runs.run import FlRun, FlRunRequest
 from edgefleet.protocol.errors import EdgefleetError
 
 log = logging.getLogger(__name__)

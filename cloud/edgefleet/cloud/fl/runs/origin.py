@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.cloud.fl.errors import FlSettingsError
-from edgefleet.cloud.fl.handoff import REJECTED, Registry, VersionLister, current_model
+from edgefleet.cloud.fl.runs.handoff import REJECTED, Registry, VersionLister, current_model
 from edgefleet.cloud.store.base import ModelVersion
 from edgefleet.models.trainable.reference import Array
 from edgefleet.models.trainable.weights import WEIGHTS_FILE, bundle_weights

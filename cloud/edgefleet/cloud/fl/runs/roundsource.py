@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from edgefleet.cloud.fl.publish import KIND
+from edgefleet.cloud.fl.runs.publish import KIND
 from edgefleet.cloud.store.base import TelemetryStore
 
 

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from edgefleet.cloud.errors import NoTargets
 from edgefleet.cloud.fl.errors import FlSettingsError
-from edgefleet.cloud.fl.run import FlRun, FlRunRequest
+from edgefleet.cloud.fl.runs.run import FlRun, FlRunRequest
 from edgefleet.protocol.errors import EdgefleetError
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def load_schedule(path: Path) -> tuple[FlSchedule, ...]:
 
 
 class RunStarter(Protocol):
-    """What the scheduler needs of :class:`edgefleet.cloud.fl.service.FlService`."""
+    """What the scheduler needs of :class:`edgefleet.cloud.fl.runs.service.FlService`."""
 
     def start(self, req: FlRunRequest) -> FlRun:
         """Start a run (raises ``NoTargets`` when too few devices are online)."""

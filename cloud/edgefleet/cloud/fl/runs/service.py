@@ -21,9 +21,9 @@ from typing import Any
 from edgefleet.cloud.assignments import Assigner
 from edgefleet.cloud.errors import NoTargets, NotFound
 from edgefleet.cloud.fl.errors import FlSettingsError, QuorumUnreachable
-from edgefleet.cloud.fl.journal import RunJournal
-from edgefleet.cloud.fl.run import FlRun, FlRunRequest
-from edgefleet.cloud.fl.schedule import SCHEDULE_FILE, FlSchedule, FlScheduler, load_schedule
+from edgefleet.cloud.fl.runs.journal import RunJournal
+from edgefleet.cloud.fl.runs.run import FlRun, FlRunRequest
+from edgefleet.cloud.fl.runs.schedule import SCHEDULE_FILE, FlSchedule, FlScheduler, load_schedule
 from edgefleet.cloud.node import CloudNode
 from edgefleet.cloud.publisher import CommandPublisher
 from edgefleet.cloud.registry import ModelRegistry
@@ -47,7 +47,7 @@ class FlServiceSettings:
     ``public_address`` is what devices dial (default ``host:port``); ``port = 0`` takes a free
     port per run. Without ``signing_key`` the result is kept in the run directory but not
     registered (registering needs a key the fleet trusts). ``schedule``: runs started every
-    N minutes while enough devices are online (:mod:`edgefleet.cloud.fl.schedule`).
+    N minutes while enough devices are online (:mod:`edgefleet.cloud.fl.runs.schedule`).
     """
 
     workdir: Path
@@ -132,7 +132,7 @@ class FlService:
         except EdgefleetError as exc:
             raise FlSettingsError(str(exc), reason="unknown-model") from None
         if req.from_version is not None:
-            from edgefleet.cloud.fl.origin import choose_version
+            from edgefleet.cloud.fl.runs.origin import choose_version
 
             choose_version(self.store.models(req.model), req.model, req.from_version)
         targets = self.targets(req)
@@ -281,10 +281,10 @@ class FlService:
             log.error("cannot write the record of federated run %s: %s", run.id, exc)
 
     def _drive(self, run: FlRun, targets: list[tuple[str, str]]) -> None:
-        from edgefleet.cloud.fl.origin import start_point
         from edgefleet.cloud.fl.outcome import run_on_superlink
         from edgefleet.cloud.fl.prepare import prepare_run
-        from edgefleet.cloud.fl.publish import publish_round
+        from edgefleet.cloud.fl.runs.origin import start_point
+        from edgefleet.cloud.fl.runs.publish import publish_round
         from edgefleet.cloud.fl.superlink import SuperLink
 
         req, cfg = run.request, self.settings
@@ -350,7 +350,7 @@ class FlService:
             self.publisher.publish(topics.command(fleet, device, COMMAND), cmd)
 
     def _register(self, run: FlRun, outcome: Any, root: Path) -> None:
-        from edgefleet.cloud.fl.handoff import hand_off
+        from edgefleet.cloud.fl.runs.handoff import hand_off
         from edgefleet.protocol.signing import load_private_key
 
         assert self.settings.signing_key is not None
