@@ -94,7 +94,7 @@ def deploy(n: int, rounds: int, tmp: Path) -> dict[str, float]:
     from edgefleet.cloud.fl.outcome import run_on_superlink
     from edgefleet.cloud.fl.prepare import prepare_run
     from edgefleet.cloud.fl.settings import RunSettings
-    from edgefleet.cloud.fl.superlink import SuperLink
+    from edgefleet.cloud.fl.superlink.process import SuperLink
 
     # A fleet does not wait for its last device: with 30 SuperNodes on 2 cores a reply or two
     # can miss the deadline (Flower's object push expires under load). 90% is the quorum.
@@ -166,7 +166,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     # A Control API call retried on a loaded machine is worth seeing (on stderr).
-    logging.getLogger("edgefleet.cloud.fl.superlink").setLevel(logging.WARNING)
+    logging.getLogger("edgefleet.cloud.fl.superlink.process").setLevel(logging.WARNING)
     from support.fl_models import build  # type: ignore[import-not-found]
 
     metrics: dict[str, float | list[float]] = {}

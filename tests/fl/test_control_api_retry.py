@@ -24,7 +24,7 @@ from edgefleet.cloud.fl.errors import ControlApiError, QuorumNotReached
 from edgefleet.cloud.fl.outcome import run_on_superlink
 from edgefleet.cloud.fl.prepare import prepare_run
 from edgefleet.cloud.fl.settings import RunSettings
-from edgefleet.cloud.fl.superlink import ControlRetry, SuperLink
+from edgefleet.cloud.fl.superlink.process import ControlRetry, SuperLink
 
 MODEL = "vibration-anomaly"
 
@@ -96,7 +96,7 @@ def test_a_run_survives_a_control_api_500(tmp_path: Path, caplog: pytest.LogCapt
         # No client comes: the ServerApp skips its one round and ends by itself, which is
         # how the run must end, not with the Control API's 500.
         with (
-            caplog.at_level(logging.WARNING, logger="edgefleet.cloud.fl.superlink"),
+            caplog.at_level(logging.WARNING, logger="edgefleet.cloud.fl.superlink.process"),
             pytest.raises(QuorumNotReached, match="quorum not reached"),
         ):
             run_on_superlink(settings, link, timeout=120)
@@ -128,7 +128,7 @@ def test_list_runs_rides_out_a_locked_state_database(
             kwargs={"after": 0.0, "hold": 6.5, "done": released},
             daemon=True,
         )
-        with caplog.at_level(logging.WARNING, logger="edgefleet.cloud.fl.superlink"):
+        with caplog.at_level(logging.WARNING, logger="edgefleet.cloud.fl.superlink.process"):
             locker.start()
             time.sleep(0.3)
             st = link.status(run_id)

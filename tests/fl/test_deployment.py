@@ -20,7 +20,7 @@ from edgefleet.cloud.fl.prepare import prepare_run
 from edgefleet.cloud.fl.rounds import load_weights, read_rounds
 from edgefleet.cloud.fl.runs.handoff import REJECTED, hand_off
 from edgefleet.cloud.fl.settings import RunSettings
-from edgefleet.cloud.fl.superlink import SuperLink
+from edgefleet.cloud.fl.superlink.process import SuperLink
 from edgefleet.cloud.registry import ModelRegistry
 from edgefleet.cloud.store import open_store
 from edgefleet.protocol.bundle import unpack_bundle, verify_bundle

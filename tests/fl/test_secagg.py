@@ -29,7 +29,7 @@ from edgefleet.cloud.fl.secagg import (
     run_secagg,
 )
 from edgefleet.cloud.fl.settings import RunSettings
-from edgefleet.cloud.fl.superlink import SuperLink
+from edgefleet.cloud.fl.superlink.process import SuperLink
 from edgefleet.edge.fl.config import FlConfig, supernode_command
 from edgefleet.edge.fl.progress import read_notes
 from edgefleet.edge.fl.supervisor import SuperNodeSupervisor

@@ -24,7 +24,7 @@ from edgefleet.cloud.fl.prepare import prepare_run
 from edgefleet.cloud.fl.runs.handoff import REJECTED, hand_off
 from edgefleet.cloud.fl.runs.origin import StartPoint, choose_version, start_point
 from edgefleet.cloud.fl.settings import RunSettings
-from edgefleet.cloud.fl.superlink import SuperLink
+from edgefleet.cloud.fl.superlink.process import SuperLink
 from edgefleet.cloud.registry import ModelRegistry
 from edgefleet.cloud.store import open_store
 from edgefleet.cloud.store.base import ModelVersion

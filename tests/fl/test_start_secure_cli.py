@@ -12,10 +12,10 @@ import pytest
 from support.fl_fleet import fill_agent_db, vibration_windows
 from typer.testing import CliRunner
 
-from edgefleet.cloud.fl.certs import CertsError, NodeKeyError, init_certs, node_key
 from edgefleet.cloud.fl.cli import app
 from edgefleet.cloud.fl.errors import FlSettingsError
-from edgefleet.cloud.fl.superlink import free_port
+from edgefleet.cloud.fl.superlink.certs import CertsError, NodeKeyError, init_certs, node_key
+from edgefleet.cloud.fl.superlink.process import free_port
 from edgefleet.edge.fl.config import FlConfig, supernode_command
 from edgefleet.edge.fl.supervisor import SuperNodeSupervisor
 

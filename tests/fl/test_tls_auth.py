@@ -27,7 +27,11 @@ from support.fl_fleet import Fleet, fill_agent_db, vibration_windows
 from typer.testing import CliRunner
 
 from edgefleet.cli import main
-from edgefleet.cloud.fl.certs import (
+from edgefleet.cloud.fl.errors import FlRunError
+from edgefleet.cloud.fl.outcome import run_on_superlink
+from edgefleet.cloud.fl.prepare import prepare_run
+from edgefleet.cloud.fl.settings import RunSettings
+from edgefleet.cloud.fl.superlink.certs import (
     BadSubjectName,
     CertsError,
     CertsExist,
@@ -37,12 +41,8 @@ from edgefleet.cloud.fl.certs import (
     node_key,
     node_public_key_bytes,
 )
-from edgefleet.cloud.fl.certs_cli import app as certs_app
-from edgefleet.cloud.fl.errors import FlRunError
-from edgefleet.cloud.fl.outcome import run_on_superlink
-from edgefleet.cloud.fl.prepare import prepare_run
-from edgefleet.cloud.fl.settings import RunSettings
-from edgefleet.cloud.fl.superlink import SuperLink, flower_env
+from edgefleet.cloud.fl.superlink.certs_cli import app as certs_app
+from edgefleet.cloud.fl.superlink.process import SuperLink, flower_env
 from edgefleet.edge.fl.config import FlConfig, supernode_command
 
 MODEL = "vibration-anomaly"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefleet.cloud.fl.superlink import SuperLink
+from edgefleet.cloud.fl.superlink.process import SuperLink
 from edgefleet.edge.fl.buffer import encode_sample
 from edgefleet.edge.fl.config import FlConfig, supernode_command
 from edgefleet.edge.fl.supervisor import SuperNodeSupervisor

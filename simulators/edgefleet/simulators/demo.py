@@ -92,7 +92,7 @@ def demo_scenario(duration: float, devices: int = 20) -> Scenario:
 def learning_reason() -> str | None:
     """Why the federated round cannot run in this demo, or None when it can."""
     try:
-        from edgefleet.cloud.fl import superlink  # noqa: F401 - probe only
+        from edgefleet.cloud.fl.superlink import process  # noqa: F401 - probe only
         from edgefleet.edge.fl import supervisor  # noqa: F401 - probe only
     except ImportError as exc:
         return f"federated learning is not installed (missing {exc.name})"

@@ -13,10 +13,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from edgefleet.cloud.fl.certs import TlsFiles
-from edgefleet.cloud.fl.certs_cli import app as certs_app
 from edgefleet.cloud.fl.errors import FlRunError, FlSettingsError
 from edgefleet.cloud.fl.settings import DpSettings, RunSettings
+from edgefleet.cloud.fl.superlink.certs import TlsFiles
+from edgefleet.cloud.fl.superlink.certs_cli import app as certs_app
 
 if TYPE_CHECKING:
     from edgefleet.cloud.fl.outcome import RunOutcome
@@ -253,7 +253,7 @@ def _run_here(
     """Start a SuperLink here and run on it: our apps, or the SecAgg+ apps."""
     from edgefleet.cloud.fl.outcome import run_on_superlink
     from edgefleet.cloud.fl.secagg import SecAggLink, run_secagg
-    from edgefleet.cloud.fl.superlink import SuperLink
+    from edgefleet.cloud.fl.superlink.process import SuperLink
 
     sec = security or LinkSecurity()
     need = settings.min_clients if secure is None else secure.quorum(settings)
@@ -283,7 +283,7 @@ class LinkSecurity:
 
 def _link_security(tls_dir: Path | None, node_keys: list[Path]) -> LinkSecurity:
     """Check ``--tls-dir`` and ``--node-key`` before anything starts."""
-    from edgefleet.cloud.fl.certs import load_certs, load_node_public_key
+    from edgefleet.cloud.fl.superlink.certs import load_certs, load_node_public_key
 
     if node_keys and tls_dir is None:
         raise FlSettingsError(

@@ -10,7 +10,7 @@ from typing import Any
 from edgefleet.cloud.fl.errors import FlRunError, QuorumNotReached
 from edgefleet.cloud.fl.rounds import Array, load_weights, read_rounds
 from edgefleet.cloud.fl.settings import RunSettings
-from edgefleet.cloud.fl.superlink import SuperLink
+from edgefleet.cloud.fl.superlink.process import SuperLink
 
 
 @dataclass(frozen=True, slots=True, eq=False)

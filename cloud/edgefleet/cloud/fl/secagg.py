@@ -36,7 +36,6 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
 
-from edgefleet.cloud.fl import superlink as _superlink
 from edgefleet.cloud.fl.errors import FlSettingsError
 from edgefleet.cloud.fl.outcome import RunOutcome, run_on_superlink
 from edgefleet.cloud.fl.rounds import (
@@ -48,14 +47,14 @@ from edgefleet.cloud.fl.rounds import (
     save_result,
 )
 from edgefleet.cloud.fl.settings import RunSettings
-from edgefleet.cloud.fl.superlink import SuperLink
+from edgefleet.cloud.fl.superlink.process import APP_TOML, SuperLink
 from edgefleet.models.trainable.spec import TrainableSpec
 
 SERVER_APP = "edgefleet.cloud.fl.secagg_serverapp:app"
 CLIENT_APP = "edgefleet.edge.fl.secagg_clientapp:app"
-SECAGG_APP_TOML = _superlink.APP_TOML.replace(
-    '"edgefleet.cloud.fl.serverapp:app"', f'"{SERVER_APP}"'
-).replace('"edgefleet.edge.fl.clientapp:app"', f'"{CLIENT_APP}"')
+SECAGG_APP_TOML = APP_TOML.replace('"edgefleet.cloud.fl.serverapp:app"', f'"{SERVER_APP}"').replace(
+    '"edgefleet.edge.fl.clientapp:app"', f'"{CLIENT_APP}"'
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -285,7 +285,7 @@ class FlService:
         from edgefleet.cloud.fl.prepare import prepare_run
         from edgefleet.cloud.fl.runs.origin import start_point
         from edgefleet.cloud.fl.runs.publish import publish_round
-        from edgefleet.cloud.fl.superlink import SuperLink
+        from edgefleet.cloud.fl.superlink.process import SuperLink
 
         req, cfg = run.request, self.settings
         root = cfg.workdir / run.id

@@ -32,8 +32,8 @@ from typing import IO, Any, Self, TypeVar
 import httpx
 import psutil
 
-from edgefleet.cloud.fl.certs import TlsFiles, check_node_name, node_public_key_bytes
 from edgefleet.cloud.fl.errors import ControlApiError, FlRunError
+from edgefleet.cloud.fl.superlink.certs import TlsFiles, check_node_name, node_public_key_bytes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from edgefleet.cloud.fl.certs import CertsError, init_certs, node_key
+from edgefleet.cloud.fl.superlink.certs import CertsError, init_certs, node_key
 
 app = typer.Typer(
     help="TLS certificates for the SuperLink and key pairs for SuperNode authentication.",
@@ -76,7 +76,7 @@ def register(
     """Register a SuperNode's public key with a running TLS SuperLink (its node id)."""
     import tempfile
 
-    from edgefleet.cloud.fl.superlink import register_node
+    from edgefleet.cloud.fl.superlink.process import register_node
 
     if not ca.is_file():
         raise CertsError(f"--ca {ca} is not a file; pass the ca.crt that `certs init` wrote")

@@ -5,7 +5,8 @@ server certificate it signs (SANs: ``localhost``, ``127.0.0.1`` and the names gi
 SuperNode key pairs in the format Flower 1.41 reads: an EC key on a NIST curve (P-384, as
 Flower's own tooling makes), the private key in OpenSSH format for
 ``flower-supernode --auth-supernode-private-key``, the public key in OpenSSH format for
-``flwr supernode register`` (or :meth:`~edgefleet.cloud.fl.superlink.SuperLink.register_node`).
+``flwr supernode register`` (or
+:meth:`~edgefleet.cloud.fl.superlink.process.SuperLink.register_node`).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class SuperLinkCerts:
     key: Path
 
     def tls_files(self) -> TlsFiles:
-        """What :class:`~edgefleet.cloud.fl.superlink.SuperLink` takes as ``tls``."""
+        """What :class:`~edgefleet.cloud.fl.superlink.process.SuperLink` takes as ``tls``."""
         return TlsFiles(ca=self.ca, cert=self.cert, key=self.key)
 
 
