@@ -91,8 +91,8 @@ def deploy(n: int, rounds: int, tmp: Path) -> dict[str, float]:
         vibration_windows,
     )
 
-    from edgefleet.cloud.fl.outcome import run_on_superlink
-    from edgefleet.cloud.fl.prepare import prepare_run
+    from edgefleet.cloud.fl.apps.outcome import run_on_superlink
+    from edgefleet.cloud.fl.apps.prepare import prepare_run
     from edgefleet.cloud.fl.settings import RunSettings
     from edgefleet.cloud.fl.superlink.process import SuperLink
 
@@ -131,9 +131,9 @@ def deploy(n: int, rounds: int, tmp: Path) -> dict[str, float]:
 
 
 def simulate(clients: int, rounds: int, tmp: Path) -> tuple[dict[str, float], list[float]]:
-    from edgefleet.cloud.fl.prepare import prepare_run, write_partitions
+    from edgefleet.cloud.fl.apps.prepare import prepare_run, write_partitions
+    from edgefleet.cloud.fl.apps.simulation import simulate as sim
     from edgefleet.cloud.fl.settings import RunSettings
-    from edgefleet.cloud.fl.simulation import simulate as sim
 
     s = RunSettings(
         model="digits",

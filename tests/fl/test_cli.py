@@ -98,11 +98,11 @@ def test_round_metrics_are_published_once_per_round(tmp_path):
 def test_dp_of_a_cloud_run_reaches_the_server_settings_its_record_and_the_lineage(tmp_path):
     from flwr.serverapp.strategy import DifferentialPrivacyServerSideAdaptiveClipping
 
-    from edgefleet.cloud.fl.outcome import RunOutcome
+    from edgefleet.cloud.fl.apps.outcome import RunOutcome
+    from edgefleet.cloud.fl.apps.strategies import make_strategy
     from edgefleet.cloud.fl.runs.handoff import run_lineage
     from edgefleet.cloud.fl.runs.journal import RunJournal
     from edgefleet.cloud.fl.runs.run import FlRun, FlRunRequest
-    from edgefleet.cloud.fl.strategies import make_strategy
 
     req = FlRunRequest(
         model="digits", min_clients=4, dp="server-adaptive", dp_noise=0.3, dp_clip=2.0

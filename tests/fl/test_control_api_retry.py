@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
+from edgefleet.cloud.fl.apps.outcome import run_on_superlink
+from edgefleet.cloud.fl.apps.prepare import prepare_run
 from edgefleet.cloud.fl.errors import ControlApiError, QuorumNotReached
-from edgefleet.cloud.fl.outcome import run_on_superlink
-from edgefleet.cloud.fl.prepare import prepare_run
 from edgefleet.cloud.fl.settings import RunSettings
 from edgefleet.cloud.fl.superlink.process import ControlRetry, SuperLink
 

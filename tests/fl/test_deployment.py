@@ -15,9 +15,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.fl_fleet import Fleet, fill_agent_db, vibration_windows
 
-from edgefleet.cloud.fl.outcome import run_on_superlink
-from edgefleet.cloud.fl.prepare import prepare_run
-from edgefleet.cloud.fl.rounds import load_weights, read_rounds
+from edgefleet.cloud.fl.apps.outcome import run_on_superlink
+from edgefleet.cloud.fl.apps.prepare import prepare_run
+from edgefleet.cloud.fl.apps.rounds import load_weights, read_rounds
 from edgefleet.cloud.fl.runs.handoff import REJECTED, hand_off
 from edgefleet.cloud.fl.settings import RunSettings
 from edgefleet.cloud.fl.superlink.process import SuperLink

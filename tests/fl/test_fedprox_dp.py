@@ -13,11 +13,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common import Metadata
 from support.fl_models import BuiltTrainable
 
+from edgefleet.cloud.fl.apps.prepare import write_buffer
+from edgefleet.cloud.fl.apps.rounds import RoundRunner
+from edgefleet.cloud.fl.apps.strategies import make_strategy
 from edgefleet.cloud.fl.errors import FlSettingsError
-from edgefleet.cloud.fl.prepare import write_buffer
-from edgefleet.cloud.fl.rounds import RoundRunner
 from edgefleet.cloud.fl.settings import DP_KINDS, DpSettings, RunSettings
-from edgefleet.cloud.fl.strategies import make_strategy
 from edgefleet.edge.fl.clientapp import app, local_dp_from_config
 from edgefleet.edge.fl.errors import FlConfigError, TrainableModelError
 from edgefleet.edge.fl.local import TrainTask
@@ -202,8 +202,8 @@ def test_the_client_clips_and_noises_its_update_with_local_dp(digits_trainable, 
 @pytest.mark.slow(seconds=55)
 def test_a_simulated_fedprox_run_with_local_dp_completes(tmp_path):
     pytest.importorskip("ray")
-    from edgefleet.cloud.fl.prepare import prepare_run, write_partitions
-    from edgefleet.cloud.fl.simulation import simulate
+    from edgefleet.cloud.fl.apps.prepare import prepare_run, write_partitions
+    from edgefleet.cloud.fl.apps.simulation import simulate
 
     settings = RunSettings(
         model="digits",

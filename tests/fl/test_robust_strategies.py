@@ -9,8 +9,8 @@ import pytest
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.common import Metadata
 
+from edgefleet.cloud.fl.apps.strategies import make_strategy
 from edgefleet.cloud.fl.settings import RunSettings
-from edgefleet.cloud.fl.strategies import make_strategy
 
 
 def _replies(updates: list[list[np.ndarray]]) -> list[Message]:

@@ -19,9 +19,9 @@ from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from edgefleet.cloud.fl.rounds import RoundRunner, load_weights, read_rounds
+from edgefleet.cloud.fl.apps.rounds import RoundRunner, load_weights, read_rounds
+from edgefleet.cloud.fl.apps.strategies import make_strategy
 from edgefleet.cloud.fl.settings import RunSettings
-from edgefleet.cloud.fl.strategies import make_strategy
 from edgefleet.models.trainable.spec import DenseLayer, TrainableSpec
 
 SPEC = TrainableSpec(

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from support.fl_fleet import Fleet, fill_agent_db, vibration_windows
 
+from edgefleet.cloud.fl.apps.outcome import run_on_superlink
+from edgefleet.cloud.fl.apps.prepare import prepare_run
+from edgefleet.cloud.fl.apps.rounds import load_weights, read_rounds
 from edgefleet.cloud.fl.errors import FlSettingsError, QuorumNotReached
-from edgefleet.cloud.fl.outcome import run_on_superlink
-from edgefleet.cloud.fl.prepare import prepare_run
-from edgefleet.cloud.fl.rounds import load_weights, read_rounds
 from edgefleet.cloud.fl.secagg import (
     CLIENT_APP,
     SECAGG_APP_TOML,

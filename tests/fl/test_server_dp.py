@@ -14,8 +14,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from edgefleet.cloud.fl.apps.strategies import make_strategy
 from edgefleet.cloud.fl.settings import DpSettings, RunSettings
-from edgefleet.cloud.fl.strategies import make_strategy
 
 
 class Nodes(Grid):

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from edgefleet.cloud.fl.prepare import dirichlet_partitions, prepare_run, write_partitions
+from edgefleet.cloud.fl.apps.prepare import dirichlet_partitions, prepare_run, write_partitions
 from edgefleet.cloud.fl.settings import RunSettings
 from edgefleet.edge.fl.trainer import LiteRTTrainer
 
@@ -29,7 +29,7 @@ def test_round_feed_reports_each_round_while_the_engine_runs(tmp_path):
     import json
     import time
 
-    from edgefleet.cloud.fl.simulation import RoundFeed
+    from edgefleet.cloud.fl.apps.simulation import RoundFeed
 
     path = tmp_path / "rounds.jsonl"
     got: list[dict[str, int]] = []
@@ -57,7 +57,7 @@ def test_round_feed_reports_each_round_while_the_engine_runs(tmp_path):
 @pytest.mark.slow(seconds=50)
 def test_fedavg_reaches_95_percent_of_central_accuracy(tmp_path):
     pytest.importorskip("ray")
-    from edgefleet.cloud.fl.simulation import ENGINE_START_ALLOWANCE_S, simulate
+    from edgefleet.cloud.fl.apps.simulation import ENGINE_START_ALLOWANCE_S, simulate
 
     settings = RunSettings(
         model="digits",

@@ -18,9 +18,9 @@ from support.fl_fleet import Fleet, fill_agent_db, vibration_windows
 from support.models_zoo import Zoo, shared_zoo
 
 from edgefleet.cloud.errors import NotFound
+from edgefleet.cloud.fl.apps.outcome import run_on_superlink
+from edgefleet.cloud.fl.apps.prepare import prepare_run
 from edgefleet.cloud.fl.errors import FlSettingsError
-from edgefleet.cloud.fl.outcome import run_on_superlink
-from edgefleet.cloud.fl.prepare import prepare_run
 from edgefleet.cloud.fl.runs.handoff import REJECTED, hand_off
 from edgefleet.cloud.fl.runs.origin import StartPoint, choose_version, start_point
 from edgefleet.cloud.fl.settings import RunSettings

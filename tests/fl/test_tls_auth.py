@@ -27,9 +27,9 @@ from support.fl_fleet import Fleet, fill_agent_db, vibration_windows
 from typer.testing import CliRunner
 
 from edgefleet.cli import main
+from edgefleet.cloud.fl.apps.outcome import run_on_superlink
+from edgefleet.cloud.fl.apps.prepare import prepare_run
 from edgefleet.cloud.fl.errors import FlRunError
-from edgefleet.cloud.fl.outcome import run_on_superlink
-from edgefleet.cloud.fl.prepare import prepare_run
 from edgefleet.cloud.fl.settings import RunSettings
 from edgefleet.cloud.fl.superlink.certs import (
     BadSubjectName,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgefleet.cloud.fl.prepare import Prepared, prepare_run
+from edgefleet.cloud.fl.apps.prepare import Prepared, prepare_run
 from edgefleet.cloud.fl.runs.handoff import keras_weights
 from edgefleet.cloud.fl.settings import RunSettings
 from edgefleet.edge.fl.trainer import LiteRTTrainer
@@ -200,8 +200,8 @@ def test_spec_with_a_frozen_base_round_trips_and_refuses_what_it_cannot_run():
 @pytest.mark.slow(seconds=60)
 def test_a_simulated_activity_run_trains_the_head_on_the_parents_base(activity_run, tmp_path):
     pytest.importorskip("ray")
-    from edgefleet.cloud.fl.prepare import write_partitions
-    from edgefleet.cloud.fl.simulation import simulate
+    from edgefleet.cloud.fl.apps.prepare import write_partitions
+    from edgefleet.cloud.fl.apps.simulation import simulate
 
     settings = RunSettings(
         model="activity",

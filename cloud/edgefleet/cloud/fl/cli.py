@@ -19,7 +19,7 @@ from edgefleet.cloud.fl.superlink.certs import TlsFiles
 from edgefleet.cloud.fl.superlink.certs_cli import app as certs_app
 
 if TYPE_CHECKING:
-    from edgefleet.cloud.fl.outcome import RunOutcome
+    from edgefleet.cloud.fl.apps.outcome import RunOutcome
     from edgefleet.cloud.fl.runs.origin import StartPoint
     from edgefleet.cloud.fl.secagg import SecAggSettings
 
@@ -164,7 +164,7 @@ def start(
         return
     if every is not None or device or assign:
         raise FlSettingsError("--every, --device and --assign need --cloud URL")
-    from edgefleet.cloud.fl.prepare import prepare_run
+    from edgefleet.cloud.fl.apps.prepare import prepare_run
     from edgefleet.cloud.fl.runs.publish import publish_round
     from edgefleet.cloud.fl.secagg import SecAggSettings
 
@@ -251,7 +251,7 @@ def _run_here(
     security: LinkSecurity | None = None,
 ) -> RunOutcome:
     """Start a SuperLink here and run on it: our apps, or the SecAgg+ apps."""
-    from edgefleet.cloud.fl.outcome import run_on_superlink
+    from edgefleet.cloud.fl.apps.outcome import run_on_superlink
     from edgefleet.cloud.fl.secagg import SecAggLink, run_secagg
     from edgefleet.cloud.fl.superlink.process import SuperLink
 
@@ -413,8 +413,8 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Seed of data, partitions and training.")] = 0,
 ) -> None:
     """Run the ServerApp and the device ClientApp in Flower's simulation engine."""
-    from edgefleet.cloud.fl.prepare import prepare_run, write_partitions
-    from edgefleet.cloud.fl.simulation import simulate as run_sim
+    from edgefleet.cloud.fl.apps.prepare import prepare_run, write_partitions
+    from edgefleet.cloud.fl.apps.simulation import simulate as run_sim
 
     settings = RunSettings(
         model=model,

@@ -4,7 +4,7 @@ Flower 1.41 offers SecAgg+ only through its legacy API (``DefaultWorkflow`` with
 ``SecAggPlusWorkflow``, a legacy strategy, a ``ClientApp(client_fn=...)`` with
 ``secaggplus_mod``), not with the Message-API strategies :class:`RoundRunner` drives. This
 module runs that workflow and writes what a normal run writes (``rounds.jsonl`` records,
-``result.npz``, ``summary.json``), so :func:`edgefleet.cloud.fl.outcome.collect` and the
+``result.npz``, ``summary.json``), so :func:`edgefleet.cloud.fl.apps.outcome.collect` and the
 hand-off work unchanged. The server sees only the sum of the masked, quantised updates; the
 aggregate equals FedAvg's within the quantisation step (``2 * clipping_range / 2**22`` per
 client, divided by the clients' summed weight ratios).
@@ -36,9 +36,8 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
 
-from edgefleet.cloud.fl.errors import FlSettingsError
-from edgefleet.cloud.fl.outcome import RunOutcome, run_on_superlink
-from edgefleet.cloud.fl.rounds import (
+from edgefleet.cloud.fl.apps.outcome import RunOutcome, run_on_superlink
+from edgefleet.cloud.fl.apps.rounds import (
     Array,
     RoundRecord,
     holdout_metrics,
@@ -46,15 +45,16 @@ from edgefleet.cloud.fl.rounds import (
     round_config,
     save_result,
 )
+from edgefleet.cloud.fl.errors import FlSettingsError
 from edgefleet.cloud.fl.settings import RunSettings
 from edgefleet.cloud.fl.superlink.process import APP_TOML, SuperLink
 from edgefleet.models.trainable.spec import TrainableSpec
 
 SERVER_APP = "edgefleet.cloud.fl.secagg_serverapp:app"
 CLIENT_APP = "edgefleet.edge.fl.secagg_clientapp:app"
-SECAGG_APP_TOML = APP_TOML.replace('"edgefleet.cloud.fl.serverapp:app"', f'"{SERVER_APP}"').replace(
-    '"edgefleet.edge.fl.clientapp:app"', f'"{CLIENT_APP}"'
-)
+SECAGG_APP_TOML = APP_TOML.replace(
+    '"edgefleet.cloud.fl.apps.serverapp:app"', f'"{SERVER_APP}"'
+).replace('"edgefleet.edge.fl.clientapp:app"', f'"{CLIENT_APP}"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,6 +447,6 @@ def run_secagg(
     timeout: float,
     on_round: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunOutcome:
-    """Like :func:`edgefleet.cloud.fl.outcome.run_on_superlink`, with SecAgg+."""
+    """Like :func:`edgefleet.cloud.fl.apps.outcome.run_on_superlink`, with SecAgg+."""
     secagg.write(settings)
     return run_on_superlink(settings, link, timeout=timeout, on_round=on_round)

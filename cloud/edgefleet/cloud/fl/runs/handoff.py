@@ -12,8 +12,8 @@ import msgspec
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edgefleet.cloud.fl.apps.outcome import RunOutcome
 from edgefleet.cloud.fl.errors import FlRunError
-from edgefleet.cloud.fl.outcome import RunOutcome
 from edgefleet.cloud.fl.settings import RunSettings
 from edgefleet.cloud.store.base import ModelVersion
 from edgefleet.models.base import Array, Dataset, ReferenceModel

@@ -281,8 +281,8 @@ class FlService:
             log.error("cannot write the record of federated run %s: %s", run.id, exc)
 
     def _drive(self, run: FlRun, targets: list[tuple[str, str]]) -> None:
-        from edgefleet.cloud.fl.outcome import run_on_superlink
-        from edgefleet.cloud.fl.prepare import prepare_run
+        from edgefleet.cloud.fl.apps.outcome import run_on_superlink
+        from edgefleet.cloud.fl.apps.prepare import prepare_run
         from edgefleet.cloud.fl.runs.origin import start_point
         from edgefleet.cloud.fl.runs.publish import publish_round
         from edgefleet.cloud.fl.superlink.process import SuperLink

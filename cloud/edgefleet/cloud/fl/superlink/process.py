@@ -54,7 +54,7 @@ dependencies = []
 publisher = "edgefleet"
 
 [tool.flwr.app.components]
-serverapp = "edgefleet.cloud.fl.serverapp:app"
+serverapp = "edgefleet.cloud.fl.apps.serverapp:app"
 clientapp = "edgefleet.edge.fl.clientapp:app"
 
 [tool.flwr.app.config]

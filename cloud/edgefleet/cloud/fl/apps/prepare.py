@@ -42,7 +42,7 @@ class Prepared:
 
     def holdout(self) -> dict[str, float]:
         """Holdout metrics of the initial weights: where round 1 starts from."""
-        from edgefleet.cloud.fl.rounds import holdout_metrics
+        from edgefleet.cloud.fl.apps.rounds import holdout_metrics
 
         return holdout_metrics(self.spec, self.initial, self.data.x_test, self.data.y_test)
 

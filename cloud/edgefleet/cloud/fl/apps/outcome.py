@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgefleet.cloud.fl.apps.rounds import Array, load_weights, read_rounds
 from edgefleet.cloud.fl.errors import FlRunError, QuorumNotReached
-from edgefleet.cloud.fl.rounds import Array, load_weights, read_rounds
 from edgefleet.cloud.fl.settings import RunSettings
 from edgefleet.cloud.fl.superlink.process import SuperLink
 

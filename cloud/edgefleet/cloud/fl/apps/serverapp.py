@@ -8,9 +8,9 @@ import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from edgefleet.cloud.fl.rounds import RoundRunner, load_weights
+from edgefleet.cloud.fl.apps.rounds import RoundRunner, load_weights
+from edgefleet.cloud.fl.apps.strategies import make_strategy
 from edgefleet.cloud.fl.settings import RunSettings
-from edgefleet.cloud.fl.strategies import make_strategy
 from edgefleet.models.trainable.spec import TrainableSpec
 
 

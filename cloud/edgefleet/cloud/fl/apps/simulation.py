@@ -11,9 +11,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from edgefleet.cloud.fl.apps.outcome import RunOutcome, collect
+from edgefleet.cloud.fl.apps.rounds import read_rounds
 from edgefleet.cloud.fl.errors import FlRunError
-from edgefleet.cloud.fl.outcome import RunOutcome, collect
-from edgefleet.cloud.fl.rounds import read_rounds
 from edgefleet.cloud.fl.settings import RunSettings
 
 # The ClientApp lives with the agent (edgefleet.edge.fl.clientapp). The cloud may not import
@@ -87,13 +87,13 @@ def simulate(
     """Run ``settings`` with ``clients`` virtual SuperNodes; ``settings.data_dir`` holds their data.
 
     Each virtual client reads ``client-<partition-id>.db`` (see
-    :func:`edgefleet.cloud.fl.prepare.write_partitions`). The round deadline is extended by
+    :func:`edgefleet.cloud.fl.apps.prepare.write_partitions`). The round deadline is extended by
     :data:`ENGINE_START_ALLOWANCE_S`: it is meant for devices, not for Ray's cold start.
     """
     from flwr.simulation import run_simulation
     from flwr.supercore.object_ref import load_app
 
-    from edgefleet.cloud.fl.serverapp import make_server_app
+    from edgefleet.cloud.fl.apps.serverapp import make_server_app
 
     if not settings.data_dir:
         raise FlRunError("a simulation needs settings.data_dir with the clients' data")

@@ -242,7 +242,7 @@ def round_config(settings: RunSettings, trainable: bytes) -> dict[str, Any]:
 def save_result(
     settings: RunSettings, weights: list[Array], participants: int, aggregated: int
 ) -> None:
-    """Write the final weights and the summary :func:`edgefleet.cloud.fl.outcome.collect` reads."""
+    """Write the final weights and the summary :func:`.outcome.collect` reads."""
     np.savez(settings.result_path, *weights)
     summary = {"participants": participants, "aggregated_rounds": aggregated}
     (settings.root / "summary.json").write_text(json.dumps(summary))
