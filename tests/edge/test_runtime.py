@@ -11,11 +11,10 @@ import pytest
 from support.tiny_models import IN_QUANT, OUT_QUANT, int8_io_model, make_bundle
 
 from edgefleet.edge.errors import RuntimeUnavailable
-from edgefleet.edge.runtime import load_runtime, quantize
-from edgefleet.edge.runtime.base import dequantize
-from edgefleet.edge.runtime.litert import interpreter_class
+from edgefleet.edge.runtime import dequantize, load_runtime, quantize
 from edgefleet.protocol.bundle import verify_bundle, write_bundle
 from edgefleet.protocol.manifest import QuantParams, TensorSpec
+from edgefleet.runtime.litert import interpreter_class
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +66,9 @@ def test_corrupt_model_file_is_a_typed_error(bundles, tmp_path, trusted_pub):
     b = bundles["onnx"]
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
-    from edgefleet.edge.runtime.litert import LiteRtRuntime
-    from edgefleet.edge.runtime.onnx import OnnxRuntime
+    from edgefleet.runtime import RuntimeUnavailable
+    from edgefleet.runtime.litert import LiteRtRuntime
+    from edgefleet.runtime.onnx import OnnxRuntime
 
     with pytest.raises(RuntimeUnavailable):
         OnnxRuntime(bad, b.manifest)
@@ -93,7 +93,7 @@ def test_litert_import_prefers_ai_edge_litert_and_never_tensorflow():
     assert interpreter_class().__module__.startswith("ai_edge_litert")
     code = (
         "import sys\n"
-        "import edgefleet.edge.agent, edgefleet.edge.cli, edgefleet.edge.runtime.litert as l\n"
+        "import edgefleet.edge.agent, edgefleet.edge.cli, edgefleet.runtime.litert as l\n"
         "l.interpreter_class()\n"
         "heavy = ('tensorflow', 'keras', 'flwr', 'fastapi', 'pandas')\n"
         "bad = [m for m in heavy if m in sys.modules]\n"

@@ -113,7 +113,9 @@ def test_the_core_command_and_protocol_import_only_core_dependencies() -> None:
 
 
 def test_the_device_side_imports_only_core_and_edge_dependencies() -> None:
-    files = _py("edge/edgefleet/edge", "edge/edgefleet/signals", "firmware_bridge")
+    files = _py(
+        "edge/edgefleet/edge", "edge/edgefleet/signals", "edge/edgefleet/runtime", "firmware_bridge"
+    )
     allowed = _declared(None) | _declared("edge")
     undeclared = {}
     for module, users in _third_party_imports(files).items():

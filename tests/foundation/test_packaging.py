@@ -43,7 +43,16 @@ def test_wheel_contains_only_the_edgefleet_namespace(wheel: Path) -> None:
     assert tops - dist_info == {"edgefleet"}, f"unexpected top-level entries: {tops}"
     # PEP 420: no __init__.py at the namespace root, or one portion would hide the others.
     assert "edgefleet/__init__.py" not in names
-    for pkg in ("protocol", "edge", "cloud", "models", "simulators", "firmware_bridge", "signals"):
+    for pkg in (
+        "protocol",
+        "edge",
+        "cloud",
+        "models",
+        "simulators",
+        "firmware_bridge",
+        "signals",
+        "runtime",
+    ):
         assert f"edgefleet/{pkg}/__init__.py" in names, pkg
     assert "edgefleet/cli.py" in names
     assert not [n for n in names if "/tests/" in n or n.startswith("tests/")]

@@ -24,8 +24,7 @@ import numpy as np
 from edgefleet.edge.config import DeliveryConfig
 from edgefleet.edge.errors import DownloadFailed, GoldenMismatch, Incompatible
 from edgefleet.edge.pipeline import check_compatible
-from edgefleet.edge.runtime import Runtime, load_runtime
-from edgefleet.edge.runtime.base import Array
+from edgefleet.edge.runtime import Array, Runtime, load_runtime
 from edgefleet.edge.slots import Slots
 from edgefleet.edge.verify import Checked, Verifier
 from edgefleet.protocol.bundle import read_manifest

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgefleet.edge.errors import Incompatible
-from edgefleet.edge.runtime.base import FloatArray, Runtime
+from edgefleet.edge.runtime import FloatArray, Runtime
 from edgefleet.edge.sketch import SketchAccumulator
 from edgefleet.protocol.compat import check_fit, expected_input_shape
 from edgefleet.protocol.manifest import BundleManifest

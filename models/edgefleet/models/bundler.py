@@ -30,7 +30,6 @@ from edgefleet.protocol.manifest import (
     GoldenSpec,
     GoldenVectors,
     Lineage,
-    QuantParams,
     TensorSpec,
     encode_golden,
 )
@@ -65,18 +64,11 @@ def _fresh_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-def _tensor(name: str, runner: Runner, shape: list[int], which: str) -> TensorSpec:
-    details = getattr(runner, f"{which}_details", None)
-    if details is None or details["dtype"] == np.float32:
-        return TensorSpec(name=name, dtype="float32", shape=shape)
-    scale, zero = details["quantization"]
-    dtype = np.dtype(details["dtype"]).name
-    return TensorSpec(
-        name=name,
-        dtype=dtype,
-        shape=shape,
-        quantization=QuantParams(scale=[float(scale)], zero_point=[int(zero)]),
-    )
+def _tensor(spec: TensorSpec, shape: list[int]) -> TensorSpec:
+    """The manifest's spec: name, dtype and quantization as the model file states them."""
+    if spec.dtype == "float32":
+        return TensorSpec(name=spec.name, dtype="float32", shape=shape)
+    return msgspec.structs.replace(spec, shape=shape)
 
 
 def run_one_by_one(runner: Runner, x: Array) -> Array:
@@ -230,8 +222,8 @@ def bundle_from_trained(
         runtime=runtime,
         model_file=model_path.name,
         quantization=quantize,
-        inputs=[_tensor(runner.input_name, runner, shape_in, "input")],
-        outputs=[_tensor(runner.output_name, runner, shape_out, "output")],
+        inputs=[_tensor(runner.input_spec, shape_in)],
+        outputs=[_tensor(runner.output_spec, shape_out)],
         preprocessing=data.preprocessing,
         postprocessing=post,
         labels=list(spec.labels),

@@ -1,13 +1,20 @@
-"""The inference seam: load a converted model with its device runtime (never TensorFlow)."""
+"""The zoo's view of the one inference seam (``edgefleet.runtime``), as the device runs a model.
+
+A converted model is run here by the same backends the agent serves it with, so parity, golden
+vectors and benchmarks measure the device's code (docs/decisions/0008-one-runtime-seam.md).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
+
 from edgefleet.models.base import Array
 from edgefleet.models.errors import UnsupportedVariant
+from edgefleet.protocol.manifest import TensorSpec
+from edgefleet.runtime import RUNTIMES, Runtime, open_model
 
 
 class Runner(Protocol):
@@ -21,27 +28,27 @@ class Runner(Protocol):
         ...
 
 
-def _litert(path: Path, threads: int) -> Runner:
-    from edgefleet.models.runner_litert import LiteRTRunner
+class SeamRunner:
+    """A :class:`Runner` over a seam runtime, which serves whatever batch size it was last given."""
 
-    return LiteRTRunner(path, threads=threads)
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.input_spec: TensorSpec = runtime.inputs[0]
+        self.output_spec: TensorSpec = runtime.outputs[0]
+        self.input_name = self.input_spec.name
+        self.output_name = self.output_spec.name
+
+    def run(self, x: Array) -> Array:
+        """Outputs for the batch ``x``, resizing the runtime when the batch changes."""
+        rt = self.runtime
+        if x.shape[0] != rt.input_shape[0]:
+            rt.resize(int(x.shape[0]))
+        # A copy: the runtime may reuse its output buffer on the next call.
+        return np.array(rt.run(x), dtype=np.float32)
 
 
-def _onnx(path: Path, threads: int) -> Runner:
-    from edgefleet.models.runner_onnx import OnnxRunner
-
-    return OnnxRunner(path, threads=threads)
-
-
-RUNNERS: dict[str, Callable[[Path, int], Runner]] = {"litert": _litert, "onnx": _onnx}
-
-
-def load_runner(runtime: str, path: Path, threads: int = 1) -> Runner:
+def load_runner(runtime: str, path: Path, threads: int = 1) -> SeamRunner:
     """Load ``path`` with the runtime named in a manifest (``litert`` or ``onnx``)."""
-    try:
-        factory = RUNNERS[runtime]
-    except KeyError:
-        raise UnsupportedVariant(
-            f"unknown runtime {runtime!r}; use one of {sorted(RUNNERS)}"
-        ) from None
-    return factory(Path(path), threads)
+    if runtime not in RUNTIMES:
+        raise UnsupportedVariant(f"unknown runtime {runtime!r}; use one of {sorted(RUNTIMES)}")
+    return SeamRunner(open_model(runtime, Path(path), threads=threads))

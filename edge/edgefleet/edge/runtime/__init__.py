@@ -1,59 +1,47 @@
-"""Inference runtimes behind one seam, chosen by the bundle's manifest or the config override."""
+"""The agent's adapter on the one runtime seam (``edgefleet.runtime``): the same backends,
+chosen by the bundle's manifest or the config override, with the agent's own error type.
+
+The backends, their hot path and the Runtime protocol live in ``edgefleet.runtime``, which the
+model zoo uses too (docs/decisions/0008-one-runtime-seam.md). Only loading can fail with
+``RuntimeUnavailable``; this module turns the seam's into the agent's, so a load failure keeps
+its agent exit code and its place in the agent's error hierarchy.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import edgefleet.runtime as seam
 from edgefleet.edge.errors import RuntimeUnavailable
-from edgefleet.edge.runtime.base import Runtime, RuntimeFactory, dequantize, quantize
 from edgefleet.protocol.manifest import BundleManifest
-
-
-def _litert(path: Path, manifest: BundleManifest, threads: int) -> Runtime:
-    from edgefleet.edge.runtime.litert import LiteRtRuntime
-
-    return LiteRtRuntime(path, manifest, threads)
-
-
-def _onnx(path: Path, manifest: BundleManifest, threads: int) -> Runtime:
-    from edgefleet.edge.runtime.onnx import OnnxRuntime
-
-    return OnnxRuntime(path, manifest, threads)
-
-
-# Backends import lazily: a LiteRT-only device never pays for importing ONNX Runtime.
-RUNTIMES: dict[str, RuntimeFactory] = {"litert": _litert, "onnx": _onnx}
-
-
-_SUFFIX = {"litert": ".tflite", "onnx": ".onnx"}
+from edgefleet.runtime import RUNTIMES, Array, FloatArray, Runtime, dequantize, quantize
 
 
 def model_path(directory: Path, manifest: BundleManifest, runtime: str) -> Path:
     """The model file of a bundle for ``runtime``: the manifest's, or another listed model file."""
-    if runtime == manifest.runtime:
-        return directory / manifest.model_file
-    suffix = _SUFFIX.get(runtime, "")
-    for entry in manifest.files:
-        if entry.role == "model" and entry.path.endswith(suffix):
-            return directory / entry.path
-    raise RuntimeUnavailable(
-        f"runtime {runtime!r} was asked for, but bundle {manifest.ref} holds no {suffix} model; "
-        "remove model.runtime from the config to follow the bundle"
-    )
+    try:
+        return seam.model_path(directory, manifest, runtime)
+    except seam.RuntimeUnavailable as exc:
+        raise RuntimeUnavailable(str(exc)) from None
 
 
 def load_runtime(
     directory: Path, manifest: BundleManifest, *, override: str = "", threads: int = 1
 ) -> Runtime:
     """Load a verified bundle's model with the manifest's runtime, or ``override`` when set."""
-    name = override or manifest.runtime
     try:
-        factory = RUNTIMES[name]
-    except KeyError:
-        raise RuntimeUnavailable(
-            f"no runtime called {name!r}; choose one of {sorted(RUNTIMES)}"
-        ) from None
-    return factory(model_path(directory, manifest, name), manifest, threads)
+        return seam.load_runtime(directory, manifest, override=override, threads=threads)
+    except seam.RuntimeUnavailable as exc:
+        raise RuntimeUnavailable(str(exc)) from None
 
 
-__all__ = ["RUNTIMES", "Runtime", "dequantize", "load_runtime", "model_path", "quantize"]
+__all__ = [
+    "RUNTIMES",
+    "Array",
+    "FloatArray",
+    "Runtime",
+    "dequantize",
+    "load_runtime",
+    "model_path",
+    "quantize",
+]

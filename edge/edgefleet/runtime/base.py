@@ -1,4 +1,4 @@
-"""The Runtime seam: load a bundle's model and run it; plus int8 quantization helpers."""
+"""The Runtime protocol, its typed error, and the int8 quantization helpers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from edgefleet.protocol.errors import EdgefleetError
 from edgefleet.protocol.manifest import BundleManifest, QuantParams, TensorSpec
 
 Array = npt.NDArray[np.generic]
@@ -26,6 +27,13 @@ DTYPES: dict[str, type[np.generic]] = {
 }
 
 
+class RuntimeUnavailable(EdgefleetError):
+    """No installed inference backend can load this model."""
+
+    reason = "runtime-unavailable"
+    exit_code = 3
+
+
 class Runtime(Protocol):
     """A loaded model. Not thread-safe: one instance is only ever used by one thread at a time.
 
@@ -36,6 +44,9 @@ class Runtime(Protocol):
     name: str
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
+    # The manifest's tensor specs, or (a bare model file) what the file says.
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
 
     def run(self, x: FloatArray) -> FloatArray:
         """Infer one input (shape ``input_shape``); the result may be reused by the next call."""
@@ -49,12 +60,17 @@ class Runtime(Protocol):
         """Run with named inputs and return every named output (golden vectors, tests)."""
         ...
 
+    def resize(self, batch: int) -> None:
+        """Make ``batch`` the batch size ``run`` serves (offline evaluation runs big batches)."""
+        ...
+
     def close(self) -> None:
         """Release the model."""
         ...
 
 
-RuntimeFactory = Callable[[Path, BundleManifest, int], Runtime]
+# A manifest of None: a bare model file, its tensor specs read from the file.
+RuntimeFactory = Callable[[Path, BundleManifest | None, int], Runtime]
 
 
 def quantize(x: npt.ArrayLike, q: QuantParams, dtype: str = "int8") -> Array:

@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from edgefleet.edge.errors import RuntimeUnavailable
-from edgefleet.edge.runtime.base import Array, FloatArray, dequantize, quantize, spec_quant
-from edgefleet.protocol.manifest import BundleManifest, QuantParams
+from edgefleet.protocol.manifest import BundleManifest, DType, QuantParams, TensorSpec
+from edgefleet.runtime.base import (
+    Array,
+    FloatArray,
+    RuntimeUnavailable,
+    dequantize,
+    quantize,
+    spec_quant,
+)
 
 CANDIDATES = (
     ("ai_edge_litert.interpreter", "Interpreter"),
@@ -43,11 +49,10 @@ class LiteRtRuntime:
 
     name = "litert"
 
-    def __init__(self, path: Path, manifest: BundleManifest, threads: int = 1) -> None:
+    def __init__(self, path: Path, manifest: BundleManifest | None, threads: int = 1) -> None:
         cls = interpreter_class()
         # Which of the CANDIDATES serves the model: the agent's log names it.
         self.backend = cls.__module__
-        self._manifest = manifest
         try:
             self._interp = cls(model_path=str(path), num_threads=threads)
             self._interp.allocate_tensors()
@@ -55,6 +60,11 @@ class LiteRtRuntime:
             raise RuntimeUnavailable(f"LiteRT cannot load {path.name}: {exc}") from None
         self._ins = self._interp.get_input_details()
         self._outs = self._interp.get_output_details()
+        if manifest is None:
+            self.inputs = [_detail_spec(d) for d in self._ins]
+            self.outputs = [_detail_spec(d) for d in self._outs]
+        else:
+            self.inputs, self.outputs = list(manifest.inputs), list(manifest.outputs)
         self._in_index = int(self._ins[0]["index"])
         self._out_index = int(self._outs[0]["index"])
         self.input_shape = tuple(int(d) for d in self._ins[0]["shape"])
@@ -64,9 +74,9 @@ class LiteRtRuntime:
         self._in_q: QuantParams | None = None
         self._out_q: QuantParams | None = None
         if in_dtype.kind in "iu":
-            self._in_q = spec_quant(manifest.inputs[0], self._ins[0])
+            self._in_q = spec_quant(self.inputs[0], self._ins[0])
         if out_dtype.kind in "iu":
-            self._out_q = spec_quant(manifest.outputs[0], self._outs[0])
+            self._out_q = spec_quant(self.outputs[0], self._outs[0])
         self._in_dtype = in_dtype.name
         native = getattr(self._interp, "_interpreter", None)
         # The native methods skip the wrappers' checks. No reference to the native object may
@@ -105,7 +115,7 @@ class LiteRtRuntime:
 
     def run_feeds(self, feeds: dict[str, Array]) -> dict[str, Array]:
         """Named inputs in, named outputs out; names are the manifest's, matched by position."""
-        for spec, detail in zip(self._manifest.inputs, self._ins, strict=False):
+        for spec, detail in zip(self.inputs, self._ins, strict=False):
             value = np.asarray(feeds[spec.name])
             index = int(detail["index"])
             if list(value.shape) != [int(d) for d in detail["shape"]]:
@@ -118,7 +128,7 @@ class LiteRtRuntime:
             self._interp.set_tensor(index, value.astype(dtype))
         self._interp.invoke()
         out: dict[str, Array] = {}
-        for spec, detail in zip(self._manifest.outputs, self._outs, strict=False):
+        for spec, detail in zip(self.outputs, self._outs, strict=False):
             y = self._interp.get_tensor(int(detail["index"]))
             q = _detail_quant(detail)
             if np.dtype(detail["dtype"]).kind in "iu" and q is not None:
@@ -130,6 +140,15 @@ class LiteRtRuntime:
         self._interp.allocate_tensors()
         return out
 
+    def resize(self, batch: int) -> None:
+        """Serve ``batch`` windows per ``run`` from now on (one reallocation, not one per call)."""
+        self._interp.resize_tensor_input(self._in_index, [batch, *self.input_shape[1:]])
+        self._interp.allocate_tensors()
+        self._ins = self._interp.get_input_details()
+        self._outs = self._interp.get_output_details()
+        self.input_shape = tuple(int(d) for d in self._ins[0]["shape"])
+        self.output_shape = tuple(int(d) for d in self._outs[0]["shape"])
+
     def close(self) -> None:
         """Drop the interpreter."""
         self._interp = None
@@ -138,3 +157,14 @@ class LiteRtRuntime:
 def _detail_quant(detail: dict[str, Any]) -> QuantParams | None:
     scale, zp = detail.get("quantization", (0.0, 0))
     return QuantParams(scale=[float(scale)], zero_point=[int(zp)]) if scale else None
+
+
+def _detail_spec(detail: dict[str, Any]) -> TensorSpec:
+    """A tensor's spec as the model file states it (a bare file has no manifest yet)."""
+    dtype = np.dtype(detail["dtype"])
+    return TensorSpec(
+        name=str(detail["name"]),
+        dtype=cast(DType, dtype.name),
+        shape=[int(d) for d in detail["shape"]],
+        quantization=_detail_quant(detail) if dtype.kind in "iu" else None,
+    )
