@@ -20,14 +20,14 @@ from edgefleet.cloud.fl.apps.outcome import run_on_superlink
 from edgefleet.cloud.fl.apps.prepare import prepare_run
 from edgefleet.cloud.fl.apps.rounds import load_weights, read_rounds
 from edgefleet.cloud.fl.errors import FlSettingsError, QuorumNotReached
-from edgefleet.cloud.fl.secagg import (
+from edgefleet.cloud.fl.secagg.link import (
     CLIENT_APP,
     SECAGG_APP_TOML,
     SERVER_APP,
     SecAggLink,
-    SecAggSettings,
     run_secagg,
 )
+from edgefleet.cloud.fl.secagg.settings import SecAggSettings
 from edgefleet.cloud.fl.settings import RunSettings
 from edgefleet.cloud.fl.superlink.process import SuperLink
 from edgefleet.edge.fl.config import FlConfig, supernode_command

@@ -21,7 +21,7 @@ from edgefleet.cloud.fl.superlink.certs_cli import app as certs_app
 if TYPE_CHECKING:
     from edgefleet.cloud.fl.apps.outcome import RunOutcome
     from edgefleet.cloud.fl.runs.origin import StartPoint
-    from edgefleet.cloud.fl.secagg import SecAggSettings
+    from edgefleet.cloud.fl.secagg.settings import SecAggSettings
 
 app = typer.Typer(
     help="Federated learning with Flower: run rounds on devices or in simulation.",
@@ -166,7 +166,7 @@ def start(
         raise FlSettingsError("--every, --device and --assign need --cloud URL")
     from edgefleet.cloud.fl.apps.prepare import prepare_run
     from edgefleet.cloud.fl.runs.publish import publish_round
-    from edgefleet.cloud.fl.secagg import SecAggSettings
+    from edgefleet.cloud.fl.secagg.settings import SecAggSettings
 
     if secagg and (strategy != "fedavg" or dp != "none"):
         raise FlSettingsError(
@@ -252,7 +252,7 @@ def _run_here(
 ) -> RunOutcome:
     """Start a SuperLink here and run on it: our apps, or the SecAgg+ apps."""
     from edgefleet.cloud.fl.apps.outcome import run_on_superlink
-    from edgefleet.cloud.fl.secagg import SecAggLink, run_secagg
+    from edgefleet.cloud.fl.secagg.link import SecAggLink, run_secagg
     from edgefleet.cloud.fl.superlink.process import SuperLink
 
     sec = security or LinkSecurity()

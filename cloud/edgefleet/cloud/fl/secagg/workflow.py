@@ -19,8 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -36,7 +35,6 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
 
-from edgefleet.cloud.fl.apps.outcome import RunOutcome, run_on_superlink
 from edgefleet.cloud.fl.apps.rounds import (
     Array,
     RoundRecord,
@@ -45,87 +43,9 @@ from edgefleet.cloud.fl.apps.rounds import (
     round_config,
     save_result,
 )
-from edgefleet.cloud.fl.errors import FlSettingsError
+from edgefleet.cloud.fl.secagg.settings import SecAggSettings
 from edgefleet.cloud.fl.settings import RunSettings
-from edgefleet.cloud.fl.superlink.process import APP_TOML, SuperLink
 from edgefleet.models.trainable.spec import TrainableSpec
-
-SERVER_APP = "edgefleet.cloud.fl.secagg_serverapp:app"
-CLIENT_APP = "edgefleet.edge.fl.secagg_clientapp:app"
-SECAGG_APP_TOML = APP_TOML.replace(
-    '"edgefleet.cloud.fl.apps.serverapp:app"', f'"{SERVER_APP}"'
-).replace('"edgefleet.edge.fl.clientapp:app"', f'"{CLIENT_APP}"')
-
-
-@dataclass(frozen=True, slots=True)
-class SecAggSettings:
-    """SecAgg+ parameters; written next to the run's settings as ``secagg.json``.
-
-    ``num_shares`` 0 shares every client's secret with every sampled client;
-    ``reconstruction_threshold`` 0 is a majority of ``min_clients`` (at least 2): fewer
-    colluding clients than that learn nothing, and up to ``clients - threshold`` may drop out
-    after the setup stage. ``max_weight`` 0 is the run's ``max_samples`` (a client's weight is
-    its example count, which never exceeds it). Parameters are clipped to
-    ``±clipping_range`` before quantisation.
-    """
-
-    num_shares: int = 0
-    reconstruction_threshold: int = 0
-    max_weight: float = 0.0
-    clipping_range: float = 8.0
-
-    def __post_init__(self) -> None:
-        if self.num_shares and self.num_shares < 3:
-            raise FlSettingsError("--secagg-shares must be 0 (every client) or at least 3")
-        if self.reconstruction_threshold == 1 or self.reconstruction_threshold < 0:
-            raise FlSettingsError("the SecAgg+ reconstruction threshold must be 0 or >= 2")
-        if self.num_shares and self.reconstruction_threshold >= self.num_shares:
-            raise FlSettingsError("the SecAgg+ reconstruction threshold must be below the shares")
-        if self.max_weight < 0 or self.clipping_range <= 0:
-            raise FlSettingsError("SecAgg+ needs max_weight >= 0 and a positive clipping range")
-
-    def threshold(self, settings: RunSettings) -> int:
-        """The reconstruction threshold for ``settings``."""
-        return self.reconstruction_threshold or max(2, settings.min_clients // 2 + 1)
-
-    def quorum(self, settings: RunSettings) -> int:
-        """Clients a round needs: the run's quorum, and never fewer than the threshold."""
-        return max(settings.min_clients, self.threshold(settings))
-
-    def workflow_args(self, settings: RunSettings) -> dict[str, Any]:
-        """Arguments of Flower's ``SecAggPlusWorkflow``."""
-        return {
-            # A float share count is a fraction of the clients sampled in the round.
-            "num_shares": self.num_shares or 1.0,
-            "reconstruction_threshold": self.threshold(settings),
-            "max_weight": self.max_weight or float(settings.max_samples),
-            "clipping_range": self.clipping_range,
-            # Every stage waits at most the round deadline (four stages per round).
-            "timeout": settings.round_timeout_s,
-        }
-
-    @staticmethod
-    def path(settings: RunSettings) -> Path:
-        """Where the ServerApp reads these settings."""
-        return settings.root / "secagg.json"
-
-    def write(self, settings: RunSettings) -> Path:
-        """Write these settings into the run's directory."""
-        settings.root.mkdir(parents=True, exist_ok=True)
-        path = self.path(settings)
-        path.write_text(json.dumps(asdict(self)))
-        return path
-
-    @classmethod
-    def read(cls, settings: RunSettings) -> SecAggSettings:
-        """Read the settings of the run (the defaults when the file is missing)."""
-        path = cls.path(settings)
-        if not path.is_file():
-            return cls()
-        try:
-            return cls(**json.loads(path.read_text()))
-        except (ValueError, TypeError) as exc:
-            raise FlSettingsError(f"cannot read SecAgg+ settings {path}: {exc}") from None
 
 
 @dataclass
@@ -429,24 +349,3 @@ def run_secagg_server(
     aggregated = sum(r.status == "aggregated" for r in rounds.records)
     save_result(settings, weights, len(rounds.participants), aggregated)
     return weights
-
-
-class SecAggLink(SuperLink):
-    """A SuperLink whose runs are the SecAgg+ apps (:data:`SECAGG_APP_TOML`)."""
-
-    def start_run(self, settings_path: Path, *, app_toml: str = SECAGG_APP_TOML) -> int:
-        """Submit the SecAgg+ app with ``settings_path`` as its run config."""
-        return super().start_run(settings_path, app_toml=app_toml)
-
-
-def run_secagg(
-    settings: RunSettings,
-    secagg: SecAggSettings,
-    link: SecAggLink,
-    *,
-    timeout: float,
-    on_round: Callable[[dict[str, Any]], None] | None = None,
-) -> RunOutcome:
-    """Like :func:`edgefleet.cloud.fl.apps.outcome.run_on_superlink`, with SecAgg+."""
-    secagg.write(settings)
-    return run_on_superlink(settings, link, timeout=timeout, on_round=on_round)

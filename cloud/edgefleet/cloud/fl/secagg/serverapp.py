@@ -5,7 +5,8 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from edgefleet.cloud.fl.secagg import SecAggSettings, run_secagg_server
+from edgefleet.cloud.fl.secagg.settings import SecAggSettings
+from edgefleet.cloud.fl.secagg.workflow import run_secagg_server
 from edgefleet.cloud.fl.settings import RunSettings
 
 
