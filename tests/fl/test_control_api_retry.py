@@ -24,7 +24,8 @@ from edgefleet.cloud.fl.apps.outcome import run_on_superlink
 from edgefleet.cloud.fl.apps.prepare import prepare_run
 from edgefleet.cloud.fl.errors import ControlApiError, QuorumNotReached
 from edgefleet.cloud.fl.settings import RunSettings
-from edgefleet.cloud.fl.superlink.process import ControlRetry, SuperLink
+from edgefleet.cloud.fl.superlink.control import ControlRetry
+from edgefleet.cloud.fl.superlink.process import SuperLink
 
 MODEL = "vibration-anomaly"
 

@@ -76,7 +76,7 @@ def register(
     """Register a SuperNode's public key with a running TLS SuperLink (its node id)."""
     import tempfile
 
-    from edgefleet.cloud.fl.superlink.process import register_node
+    from edgefleet.cloud.fl.superlink.control import register_node
 
     if not ca.is_file():
         raise CertsError(f"--ca {ca} is not a file; pass the ca.crt that `certs init` wrote")
