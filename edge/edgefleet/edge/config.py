@@ -351,16 +351,23 @@ def _check_serial(src: SourceConfig, origin: str) -> None:
     if src.reconnect_max_s < src.reconnect_min_s:
         raise ConfigError(f"{origin}: source.reconnect_max_s must be >= source.reconnect_min_s")
     if src.mode == "line":
-        # Imported here: only serial configs need the bridge (and pyserial) at load time.
-        from edgefleet.edge.errors import SourceError
-        from edgefleet.edge.sources.serial import line_channel_map
+        # Imported here: only serial configs need the bridge (and pyserial) at load time. The
+        # bridge itself, not the serial source: the sources import this module, not the reverse.
+        from edgefleet.firmware_bridge import ChannelMap
 
         try:
-            line_channel_map(
-                src.channels, src.format, src.columns, src.time_key or None, src.time_scale
+            ChannelMap(
+                channels=tuple(src.channels),
+                format=src.format,
+                columns=tuple(src.columns),
+                time_key=src.time_key or None,
+                time_scale=src.time_scale,
             )
-        except SourceError as exc:
-            raise ConfigError(f"{origin}: {exc}") from None
+        except ValueError as exc:
+            raise ConfigError(
+                f"{origin}: serial line mode: {exc} "
+                "(check source.channels, source.columns, source.time_key)"
+            ) from None
     elif src.columns or src.time_key:
         raise ConfigError(
             f'{origin}: source.columns and source.time_key apply to mode = "line" only; '
