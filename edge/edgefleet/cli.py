@@ -91,6 +91,7 @@ MODULE_EXTRAS: dict[str, str] = {
     "numpy": "edge",
     "psutil": "edge",
     "flwr": "fl",
+    "httpx": "fl",
     "ray": "fl-sim",
     "tensorflow": "cloud",
     "keras": "cloud",
