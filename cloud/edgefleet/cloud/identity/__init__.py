@@ -1,0 +1,5 @@
+"""Device identity: the project CA, claim tokens, provisioning, renewal and revocation."""
+
+from edgefleet.cloud.identity.ca import ProjectCA
+
+__all__ = ["ProjectCA"]
