@@ -104,15 +104,25 @@ class IngestCore:
         self, now: float, reason: str, topic: str, device: str | None, *, why: str, data: Raw
     ) -> None:
         q = self._counts.quarantined
+        topic, why = topic[:512], why[:1024]
+        cap = self.throttle.quarantine
+        if not cap.admit(now, len(topic) + len(why) + min(len(data), EXCERPT_BYTES)):
+            # Over the global cap: counted (reason "over-cap"), one summary row a second.
+            q["over-cap"] = q.get("over-cap", 0) + 1
+            self._dirty = True
+            if not cap.should_report(now):
+                return
+            reason, device, data = "quarantine-capped", None, b""
+            why = f"quarantine over {cap.rate:g} rows/s; {cap.dropped} rows not written so far"
         q[reason] = q.get(reason, 0) + 1
         self._builder.quarantine(
             QuarantineEntry(
                 received_at=now,
                 reason=reason,
                 # PostgreSQL refuses NUL in text; a quarantine row must always be storable.
-                topic=topic[:512].replace("\x00", "\\x00"),
+                topic=topic.replace("\x00", "\\x00"),
                 device_id=device,
-                detail=why[:1024].replace("\x00", "\\x00"),
+                detail=why.replace("\x00", "\\x00"),
                 payload_size=len(data),
                 payload_excerpt=bytes(data[:EXCERPT_BYTES]),
             )
