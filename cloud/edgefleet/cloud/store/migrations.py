@@ -160,6 +160,37 @@ _V1: list[str] = [
 )""",
 ]
 
+# Claim tokens and device certificates (edgefleet.cloud.identity): only hashes of tokens are
+# kept; a device keeps every certificate it was issued, so the CRL can list each revoked one.
+_IDENTITY: list[str] = [
+    """CREATE TABLE claim_tokens (
+  token_hash TEXT PRIMARY KEY,
+  fleet TEXT NOT NULL,
+  tags TEXT NOT NULL,
+  uses_max {bigint} NOT NULL,
+  uses_left {bigint} NOT NULL,
+  expires_at {real} NOT NULL,
+  created_at {real} NOT NULL,
+  created_by TEXT NOT NULL
+)""",
+    """CREATE TABLE identities (
+  serial TEXT PRIMARY KEY,
+  device_id TEXT NOT NULL,
+  fleet TEXT NOT NULL,
+  state TEXT NOT NULL,
+  not_before {real} NOT NULL,
+  not_after {real} NOT NULL,
+  public_key TEXT NOT NULL,
+  cert TEXT NOT NULL,
+  node_public_key TEXT NOT NULL,
+  claim_hash TEXT,
+  successor TEXT,
+  created_at {real} NOT NULL,
+  revoked_at {real}
+)""",
+    "CREATE INDEX identities_device ON identities (device_id, created_at)",
+]
+
 # (version, description, statements); append only.
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "records, devices, quarantine, models, assignments", _V1),
@@ -169,5 +200,6 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (3, "devices.profile: what a device offers a model (compatibility checks)", [
         "ALTER TABLE devices ADD COLUMN profile TEXT",
     ]),
+    (4, "device identities (certificates) and claim tokens", _IDENTITY),
 ]  # fmt: skip
 LATEST = MIGRATIONS[-1][0]
