@@ -140,6 +140,16 @@ class DeliveryConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     retries: Annotated[int, Meta(ge=0, le=20)] = 3
 
 
+class TrustConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[trust]``: who may command this agent, and the key that binds its records to it."""
+
+    # Public keys (PEM, Ed25519) that may sign commands; none: every command is refused.
+    command_keys: list[str] = []
+    # 32 random bytes shared with the cloud (provisioning writes it, mode 0600): MACs every
+    # record and status this device sends, and commit-acks the cloud sends back.
+    record_key: str | None = None
+
+
 class AgentConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole agent configuration (docs/configuration.md lists every key)."""
 
@@ -153,6 +163,7 @@ class AgentConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     drift: DriftConfig = DriftConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     fl: FlConfig = FlConfig()
+    trust: TrustConfig = TrustConfig()
 
     @property
     def data_dir(self) -> Path:
@@ -290,6 +301,11 @@ def resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
             trusted_keys=[_under(base, k) for k in model.trusted_keys],
         ),
         outbox=msgspec.structs.replace(cfg.outbox, path=opt(cfg.outbox.path) or ""),
+        trust=msgspec.structs.replace(
+            cfg.trust,
+            command_keys=[_under(base, k) for k in cfg.trust.command_keys],
+            record_key=opt(cfg.trust.record_key),
+        ),
         fl=msgspec.structs.replace(
             fl,
             root_certificates=opt(fl.root_certificates),
@@ -327,6 +343,17 @@ def _check(cfg: AgentConfig, origin: str) -> None:
                 f"{origin}: model.trusted_keys: {key} does not exist; "
                 "copy the fleet's public key there (`edgefleet keys generate` makes one)"
             )
+    for key in cfg.trust.command_keys:
+        if not Path(key).is_file():
+            raise ConfigError(
+                f"{origin}: trust.command_keys: {key} does not exist; copy the cloud's "
+                "<workdir>/keys/command.pub there (`edgefleet agent provision` does it)"
+            )
+    if cfg.trust.record_key and not Path(cfg.trust.record_key).is_file():
+        raise ConfigError(
+            f"{origin}: trust.record_key: {cfg.trust.record_key} does not exist; "
+            "`edgefleet agent provision` writes it"
+        )
     if cfg.model.bundle and not Path(cfg.model.bundle).exists():
         raise ConfigError(f"{origin}: model.bundle: {cfg.model.bundle} does not exist")
     if cfg.model.bundle and not cfg.model.trusted_keys:
@@ -455,6 +482,12 @@ trusted_keys = []         # ["/etc/edgefleet/edgefleet-signing.pub"]
 runtime = ""              # "" follows the bundle; "litert" or "onnx" overrides it
 threads = 1
 verify = "auto"           # auto | subprocess (keeps cryptography out of the agent) | process
+
+[trust]
+# Public keys that may sign commands (the cloud prints where its command.pub is). With none,
+# the agent refuses every command (commit-acks too) and says so in its log and health.
+command_keys = []         # ["/etc/edgefleet/command.pub"]
+# record_key = "/etc/edgefleet/record.key"   # 32 random bytes, 0600: MACs what this device sends
 
 [uplink]
 batch_max = 100
