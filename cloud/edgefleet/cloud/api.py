@@ -16,6 +16,14 @@ from edgefleet.cloud.assignments import Assigner
 from edgefleet.cloud.errors import Conflict, NoTargets, NotFound
 from edgefleet.cloud.fl.runs.run import FlRunRequest
 from edgefleet.cloud.fl.runs.service import FlService
+from edgefleet.cloud.identity.errors import (
+    BadRequestKey,
+    ClaimRefused,
+    IdentityError,
+    RenewRefused,
+    UnknownIdentity,
+)
+from edgefleet.cloud.identity.service import Provisioner
 from edgefleet.cloud.metrics import CloudMetrics
 from edgefleet.cloud.registry import ModelRegistry
 from edgefleet.cloud.store.base import (
@@ -30,6 +38,11 @@ from edgefleet.protocol.errors import BundleError, ConfigError, EdgefleetError, 
 API_VERSION = "v1"
 # First match wins: Incompatible is a BundleError, but the bundle is fine, the target is not.
 _STATUS = {
+    ClaimRefused: 403,
+    RenewRefused: 403,
+    BadRequestKey: 422,
+    UnknownIdentity: 404,
+    IdentityError: 422,
     NotFound: 404,
     Conflict: 409,
     Incompatible: 409,
@@ -56,6 +69,8 @@ class CloudServices:
     metrics: CloudMetrics
     fleet: str | None = None
     fl: FlService | None = None
+    # Device identities (claim tokens, provisioning, revocation); None: no such routes.
+    identity: Provisioner | None = None
 
 
 class FleetSummary(BaseModel):
@@ -211,6 +226,11 @@ def create_app(services: CloudServices) -> FastAPI:  # noqa: PLR0915 - one state
             },
             status_code=500,
         )
+
+    if s.identity is not None:
+        from edgefleet.cloud.identity.router import identity_router
+
+        app.include_router(identity_router(s.identity))
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, Any]:

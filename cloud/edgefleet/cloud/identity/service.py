@@ -26,6 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edgefleet.cloud.auth import TokenStore, issue_device_token, revoke_device_tokens
 from edgefleet.cloud.errors import Conflict
 from edgefleet.cloud.identity.book import Identity, IdentityBook
 from edgefleet.cloud.identity.ca import ProjectCA, check_device_key, common_name, write_private
@@ -78,6 +79,21 @@ class DeviceTokens(Protocol):
     def revoke(self, device_id: str) -> int:
         """Revoke the device's tokens; how many."""
         ...
+
+
+class AuthTokens:
+    """T2's :class:`~edgefleet.cloud.auth.tokens.TokenStore` as provisioning uses it."""
+
+    def __init__(self, store: TokenStore) -> None:
+        self._store = store
+
+    def issue(self, device_id: str) -> str:
+        """A new device token; the device's earlier ones are revoked."""
+        return issue_device_token(self._store, device_id)
+
+    def revoke(self, device_id: str) -> int:
+        """Revoke every token of the device."""
+        return revoke_device_tokens(self._store, device_id)
 
 
 @dataclass(frozen=True, slots=True)
