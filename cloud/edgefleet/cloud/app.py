@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgefleet.cloud.api import CloudServices, create_app
 from edgefleet.cloud.assignments import Assigner
+from edgefleet.cloud.auth import Authenticator, DownloadGrants, Role, TokenStore
+from edgefleet.cloud.auth.host import LOOPBACK_HOSTS
 from edgefleet.cloud.broker import (
     BrokerProcess,
     EmbeddedBroker,
@@ -29,6 +31,7 @@ from edgefleet.cloud.errors import CloudError
 from edgefleet.cloud.fl.runs.roundsource import StoreRounds
 from edgefleet.cloud.fl.runs.service import FlService, FlServiceSettings
 from edgefleet.cloud.homeassistant import HomeAssistantPublisher, HomeAssistantSettings
+from edgefleet.cloud.identity.service import IdentitySettings, Provisioner
 from edgefleet.cloud.ingest import IngestSettings, IngestWorker, LoopKind, WorkerMode
 from edgefleet.cloud.metrics import CloudMetrics
 from edgefleet.cloud.mqtt import MqttVersion
@@ -102,6 +105,12 @@ class CloudConfig:
     # Federated runs from the API (`/v1/fl/runs`); None: defaults under workdir/fl, results
     # not registered until a signing key is given (docs/federated.md).
     fl: FlServiceSettings | None = None
+    # Device identities (CA, claim tokens, provisioning); None: defaults under workdir/identity.
+    identity: IdentitySettings | None = None
+    # Host names the HTTP API answers to besides the loopback ones (`--allowed-host`).
+    allowed_hosts: tuple[str, ...] = ()
+    # Largest `POST /v1/models` body (413 over it).
+    max_upload_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         # Children (Mosquitto, Flower's ServerApp, ingest workers) run in other directories:
@@ -153,6 +162,10 @@ class Cloud:
         self.dashboard: Dashboard | None = None
         self.homeassistant: HomeAssistantPublisher | None = None
         self.fl: FlService | None = None
+        self.identity: Provisioner | None = None
+        self.tokens: TokenStore | None = None
+        # The first admin token, when this start created it (also in workdir/admin.token).
+        self.admin_token: str | None = None
         self._server: uvicorn.Server | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
@@ -255,8 +268,18 @@ class Cloud:
             assigner=assigner,
             fleet=cfg.fleet,
         )
+        self.identity = self._provisioner(cfg, store)
         services = CloudServices(
-            store, self.registry, assigner, self.metrics, cfg.fleet, fl=self.fl
+            store,
+            self.registry,
+            assigner,
+            self.metrics,
+            cfg.fleet,
+            fl=self.fl,
+            identity=self.identity,
+            auth=self._authenticator(cfg, store),
+            allowed_hosts=(*LOOPBACK_HOSTS, *cfg.allowed_hosts),
+            max_upload_bytes=cfg.max_upload_bytes,
         )
         app = create_app(services)
         # Grafana reads these from /metrics; they must not depend on the web dashboard.
@@ -296,6 +319,44 @@ class Cloud:
             if time.monotonic() > deadline or not self._threads[0].is_alive():
                 raise CloudError(f"the HTTP API did not start on {self.http_url}")
             time.sleep(0.02)
+
+    def _provisioner(self, cfg: CloudConfig, store: TelemetryStore) -> Provisioner:
+        settings = cfg.identity or IdentitySettings(directory=cfg.workdir / "identity")
+        if not settings.trusted_keys:
+            settings = replace(settings, trusted_keys=cfg.trusted_keys)
+        if not settings.command_keys:
+            # The command key's public half (created by the command signer at first start).
+            settings = replace(settings, command_keys=(cfg.workdir / "keys" / "command.pub",))
+        provisioner = Provisioner(settings, store, lambda: self.broker_url)
+        log.info(
+            "device provisioning: POST /v1/provision with a claim token "
+            "(`edgefleet device claim-token`); project CA %s",
+            provisioner.ca.cert_path,
+        )
+        return provisioner
+
+    def _authenticator(self, cfg: CloudConfig, store: TelemetryStore) -> Authenticator:
+        self.tokens = tokens = TokenStore(cfg.workdir / "auth.db")
+        if tokens.count() == 0:
+            # First start: one admin token, shown once (`cloud run` prints it) and kept 0600.
+            secret, _ = tokens.create("bootstrap-admin", Role.admin)
+            path = cfg.workdir / "admin.token"
+            path.touch(0o600)
+            path.chmod(0o600)
+            path.write_text(secret + "\n")
+            self.admin_token = secret
+            log.warning("first start: admin API token written to %s", path)
+        elif (cfg.workdir / "admin.token").is_file():
+            self.admin_token = (cfg.workdir / "admin.token").read_text().strip() or None
+
+        def assigned(device_id: str, sha256: str) -> bool:
+            return any(
+                a.sha256 == sha256 and any(t.device_id == device_id for t in a.targets)
+                for a in store.assignments(limit=1000)
+            )
+
+        grants = DownloadGrants.load_or_create(cfg.workdir / "keys" / "grant.key")
+        return Authenticator(tokens, grants=grants, assigned=assigned)
 
     def _spawn(self, target: object, name: str) -> None:
         t = threading.Thread(target=target, name=f"cloud-{name}", daemon=True)  # type: ignore[arg-type]
@@ -348,6 +409,10 @@ class Cloud:
         if self.publisher is not None:
             self.publisher.stop()
             self.publisher = None
+        self.identity = None
+        if self.tokens is not None:
+            self.tokens.close()
+            self.tokens = None
         if self.store is not None:
             self.store.close()
             self.store = None
