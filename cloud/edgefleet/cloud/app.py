@@ -31,7 +31,7 @@ from edgefleet.cloud.errors import CloudError
 from edgefleet.cloud.fl.runs.roundsource import StoreRounds
 from edgefleet.cloud.fl.runs.service import FlService, FlServiceSettings
 from edgefleet.cloud.homeassistant import HomeAssistantPublisher, HomeAssistantSettings
-from edgefleet.cloud.identity.service import IdentitySettings, Provisioner
+from edgefleet.cloud.identity.service import AuthTokens, IdentitySettings, Provisioner
 from edgefleet.cloud.ingest import IngestSettings, IngestWorker, LoopKind, WorkerMode
 from edgefleet.cloud.metrics import CloudMetrics
 from edgefleet.cloud.mqtt import MqttVersion
@@ -268,6 +268,7 @@ class Cloud:
             assigner=assigner,
             fleet=cfg.fleet,
         )
+        auth = self._authenticator(cfg, store)
         self.identity = self._provisioner(cfg, store)
         services = CloudServices(
             store,
@@ -277,7 +278,7 @@ class Cloud:
             cfg.fleet,
             fl=self.fl,
             identity=self.identity,
-            auth=self._authenticator(cfg, store),
+            auth=auth,
             allowed_hosts=(*LOOPBACK_HOSTS, *cfg.allowed_hosts),
             max_upload_bytes=cfg.max_upload_bytes,
         )
@@ -327,7 +328,8 @@ class Cloud:
         if not settings.command_keys:
             # The command key's public half (created by the command signer at first start).
             settings = replace(settings, command_keys=(cfg.workdir / "keys" / "command.pub",))
-        provisioner = Provisioner(settings, store, lambda: self.broker_url)
+        tokens = AuthTokens(self.tokens) if self.tokens is not None else None
+        provisioner = Provisioner(settings, store, lambda: self.broker_url, tokens=tokens)
         log.info(
             "device provisioning: POST /v1/provision with a claim token "
             "(`edgefleet device claim-token`); project CA %s",
