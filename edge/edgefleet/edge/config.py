@@ -140,6 +140,19 @@ class DeliveryConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     retries: Annotated[int, Meta(ge=0, le=20)] = 3
 
 
+class IdentityConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[identity]``: where this device renews the certificate ``agent provision`` got.
+
+    The certificate and key are ``[mqtt] cert_file`` and ``key_file``; renewal rewrites them
+    (and the ``[fl]`` SuperNode key, the same key) when less than ``renew_below`` of the
+    certificate's validity remains. Empty ``cloud``: not provisioned, nothing to renew.
+    """
+
+    cloud: str = ""
+    renew_below: Annotated[float, Meta(gt=0, lt=1)] = 0.3
+    check_every_s: PositiveFloat = 3600.0
+
+
 class TrustConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``[trust]``: who may command this agent, and the key that binds its records to it."""
 
@@ -164,6 +177,7 @@ class AgentConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     delivery: DeliveryConfig = DeliveryConfig()
     fl: FlConfig = FlConfig()
     trust: TrustConfig = TrustConfig()
+    identity: IdentityConfig = IdentityConfig()
 
     @property
     def data_dir(self) -> Path:
@@ -343,22 +357,26 @@ def _check(cfg: AgentConfig, origin: str) -> None:
                 f"{origin}: model.trusted_keys: {key} does not exist; "
                 "copy the fleet's public key there (`edgefleet keys generate` makes one)"
             )
-    for key in cfg.trust.command_keys:
-        if not Path(key).is_file():
-            raise ConfigError(
-                f"{origin}: trust.command_keys: {key} does not exist; copy the cloud's "
-                "<workdir>/keys/command.pub there (`edgefleet agent provision` does it)"
-            )
-    if cfg.trust.record_key and not Path(cfg.trust.record_key).is_file():
-        raise ConfigError(
-            f"{origin}: trust.record_key: {cfg.trust.record_key} does not exist; "
-            "`edgefleet agent provision` writes it"
-        )
+    _check_trust(cfg.trust, origin)
     if cfg.model.bundle and not Path(cfg.model.bundle).exists():
         raise ConfigError(f"{origin}: model.bundle: {cfg.model.bundle} does not exist")
     if cfg.model.bundle and not cfg.model.trusted_keys:
         raise ConfigError(
             f"{origin}: model.bundle needs model.trusted_keys: bundles are verified before loading"
+        )
+
+
+def _check_trust(trust: TrustConfig, origin: str) -> None:
+    for key in trust.command_keys:
+        if not Path(key).is_file():
+            raise ConfigError(
+                f"{origin}: trust.command_keys: {key} does not exist; copy the cloud's "
+                "<workdir>/keys/command.pub there (`edgefleet agent provision` does it)"
+            )
+    if trust.record_key and not Path(trust.record_key).is_file():
+        raise ConfigError(
+            f"{origin}: trust.record_key: {trust.record_key} does not exist; "
+            "`edgefleet agent provision` writes it"
         )
 
 
@@ -511,6 +529,13 @@ bins = 10
 max_bundle_bytes = 67108864
 timeout_s = 30.0
 retries = 3
+
+[identity]
+# Written by `edgefleet agent provision`: the cloud that renews this device's certificate
+# ([mqtt] cert_file/key_file) once less than renew_below of its validity remains.
+# cloud = "https://cloud.example.com"
+renew_below = 0.3
+check_every_s = 3600.0
 
 [fl]
 # Federated learning (docs/federated.md): needs edgefleet[fl] and ~200 MB while a SuperNode runs.
