@@ -201,5 +201,12 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "ALTER TABLE devices ADD COLUMN profile TEXT",
     ]),
     (4, "device identities (certificates) and claim tokens", _IDENTITY),
+    (5, "record_keys: the per-device key that MACs a device's records (edgefleet.cloud.trust)", [
+        """CREATE TABLE record_keys (
+  device_id TEXT PRIMARY KEY,
+  record_key {blob} NOT NULL,
+  created_at {real} NOT NULL
+)""",
+    ]),
 ]  # fmt: skip
 LATEST = MIGRATIONS[-1][0]
