@@ -69,6 +69,9 @@ PARTS: dict[str, Part] = {
         "Run the cloud aggregator and query the fleet.",
         also=("edgefleet.cloud.devices_cli",),
     ),
+    "device": Part(
+        "edgefleet.cloud.identity.cli", "cloud", "Provision, list and revoke device identities."
+    ),
     "fl": Part("edgefleet.cloud.fl.cli", "fl", "Federated learning rounds with Flower."),
     "sim": Part("edgefleet.simulators.cli", "sim", "Simulate a whole fleet on one machine."),
     "demo": Part(

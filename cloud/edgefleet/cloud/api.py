@@ -6,13 +6,18 @@ import base64
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from edgefleet.cloud.assignments import Assigner
+from edgefleet.cloud.auth import Authenticator, Forbidden, Role, Unauthenticated, require
+from edgefleet.cloud.auth import require_device as _require_device
+from edgefleet.cloud.auth.host import LOOPBACK_HOSTS, TrustedHosts
+from edgefleet.cloud.auth.routes import auth_router
 from edgefleet.cloud.errors import Conflict, NoTargets, NotFound
 from edgefleet.cloud.fl.runs.run import FlRunRequest
 from edgefleet.cloud.fl.runs.service import FlService
@@ -36,8 +41,19 @@ from edgefleet.cloud.store.base import (
 from edgefleet.protocol.errors import BundleError, ConfigError, EdgefleetError, Incompatible
 
 API_VERSION = "v1"
+
+
+class TooLarge(EdgefleetError):
+    """A request body over the cloud's upload cap (HTTP 413)."""
+
+    reason = "too-large"
+
+
 # First match wins: Incompatible is a BundleError, but the bundle is fine, the target is not.
-_STATUS = {
+_STATUS: dict[type[EdgefleetError], int] = {
+    Unauthenticated: 401,
+    Forbidden: 403,
+    TooLarge: 413,
     ClaimRefused: 403,
     RenewRefused: 403,
     BadRequestKey: 422,
@@ -52,6 +68,8 @@ _STATUS = {
 }
 _HTTP_REASONS = {
     400: "bad-request",
+    401: "unauthenticated",
+    403: "forbidden",
     404: "not-found",
     405: "method-not-allowed",
     413: "too-large",
@@ -69,6 +87,10 @@ class CloudServices:
     metrics: CloudMetrics
     fleet: str | None = None
     fl: FlService | None = None
+    auth: Authenticator | None = None
+    # Host names the API answers to (DNS rebinding); ports are not compared.
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    max_upload_bytes: int = 64 * 1024 * 1024
     # Device identities (claim tokens, provisioning, revocation); None: no such routes.
     identity: Provisioner | None = None
 
@@ -203,6 +225,14 @@ def create_app(services: CloudServices) -> FastAPI:  # noqa: PLR0915 - one state
         description="Fleet state, telemetry, quarantine, model registry and assignments.",
     )
     s = services
+    # Every route below needs a credential; open: /healthz, /docs, /openapi.json, /login and
+    # the dashboard's static files (docs/http-api.md). A test enumerates the routes.
+    app.state.auth = s.auth
+    app.add_middleware(TrustedHosts, allowed=s.allowed_hosts)
+    app.include_router(auth_router())
+    viewer = [Depends(require(Role.viewer))]
+    operator = [Depends(require(Role.operator))]
+    downloader = [Depends(_require_device())]
 
     @app.exception_handler(EdgefleetError)
     async def _on_error(_r: Request, exc: EdgefleetError) -> JSONResponse:
@@ -237,12 +267,12 @@ def create_app(services: CloudServices) -> FastAPI:  # noqa: PLR0915 - one state
         """Liveness: the store answers."""
         return {"ok": True, "schema": s.store.schema_version()}
 
-    @app.get("/metrics", tags=["ops"], response_class=Response)
+    @app.get("/metrics", tags=["ops"], response_class=Response, dependencies=viewer)
     def metrics() -> Response:
         """Prometheus metrics in the text format."""
         return Response(s.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.get("/v1/fleet", tags=["fleet"])
+    @app.get("/v1/fleet", tags=["fleet"], dependencies=viewer)
     def fleet(fleet: str | None = None) -> FleetSummary:
         """How many devices, how many online, which model versions run."""
         devices = s.store.devices(fleet=fleet or s.fleet)
@@ -255,19 +285,19 @@ def create_app(services: CloudServices) -> FastAPI:  # noqa: PLR0915 - one state
             devices=len(devices), online=online, offline=len(devices) - online, models=models
         )
 
-    @app.get("/v1/devices", tags=["fleet"])
+    @app.get("/v1/devices", tags=["fleet"], dependencies=viewer)
     def devices(
         fleet: str | None = None, tag: str | None = None, online: bool | None = None
     ) -> list[DeviceState]:
         """Devices with their state, health and outbox figures."""
         return s.store.devices(fleet=fleet or s.fleet, tag=tag, online=online)
 
-    @app.get("/v1/devices/{device_id}", tags=["fleet"])
+    @app.get("/v1/devices/{device_id}", tags=["fleet"], dependencies=viewer)
     def device(device_id: str) -> DeviceState:
         """One device."""
         return s.store.device(device_id)
 
-    @app.delete("/v1/devices/{device_id}", tags=["fleet"])
+    @app.delete("/v1/devices/{device_id}", tags=["fleet"], dependencies=operator)
     def forget_device(
         device_id: str,
         purge: Annotated[
@@ -286,12 +316,12 @@ def create_app(services: CloudServices) -> FastAPI:  # noqa: PLR0915 - one state
             device_id=device_id, deleted=s.store.forget_device(device_id, purge=purge)
         )
 
-    @app.put("/v1/devices/{device_id}/tags", tags=["fleet"])
+    @app.put("/v1/devices/{device_id}/tags", tags=["fleet"], dependencies=operator)
     def set_tags(device_id: str, body: TagsRequest) -> DeviceState:
         """Replace a device's tags (assignments can target a tag)."""
         return s.store.set_tags(device_id, body.tags)
 
-    @app.get("/v1/telemetry/{table}", tags=["telemetry"])
+    @app.get("/v1/telemetry/{table}", tags=["telemetry"], dependencies=viewer)
     def telemetry(
         table: RecordTable,
         device: str | None = None,
@@ -302,7 +332,7 @@ def create_app(services: CloudServices) -> FastAPI:  # noqa: PLR0915 - one state
         """Records of one table in a time range, newest first."""
         return s.store.records(table, device_id=device, since=since, until=until, limit=limit)
 
-    @app.get("/v1/quarantine", tags=["telemetry"])
+    @app.get("/v1/quarantine", tags=["telemetry"], dependencies=viewer)
     def quarantine(
         device: str | None = None,
         reason: str | None = None,
@@ -328,29 +358,57 @@ def create_app(services: CloudServices) -> FastAPI:  # noqa: PLR0915 - one state
             for q in rows
         ]
 
-    @app.post("/v1/models", tags=["models"], status_code=201)
-    def push_model(
-        data: Annotated[bytes, Body(media_type="application/gzip", description="a bundle .tar.gz")],
-    ) -> ModelVersion:
-        """Upload a signed bundle archive; refused (422) unless signed by a trusted key."""
-        return s.registry.push(data)
+    @app.post(
+        "/v1/models",
+        tags=["models"],
+        status_code=201,
+        dependencies=operator,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+    )
+    async def push_model(request: Request) -> ModelVersion:
+        """Upload a signed bundle archive (body: the .tar.gz); 422 unless signed by a trusted key.
 
-    @app.get("/v1/models", tags=["models"])
+        The body streams to a file under the registry, never held in memory; over the upload
+        cap it is refused with 413 as soon as the cap is passed (or at once, by Content-Length).
+        """
+        cap = s.max_upload_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise TooLarge(f"the archive is {int(declared)} bytes; this cloud takes up to {cap}")
+        with s.registry.upload() as up:
+            async for chunk in request.stream():
+                if up.size + len(chunk) > cap:
+                    raise TooLarge(f"the archive is over {cap} bytes, this cloud's upload cap")
+                up.write(chunk)
+            path = up.finish()
+            return await run_in_threadpool(s.registry.push_file, path)
+
+    @app.get("/v1/models", tags=["models"], dependencies=viewer)
     def list_models(name: str | None = None) -> list[ModelVersion]:
         """Registered versions with metrics and lineage."""
         return s.store.models(name)
 
-    @app.get("/v1/models/{name}/{version}", tags=["models"])
+    @app.get("/v1/models/{name}/{version}", tags=["models"], dependencies=viewer)
     def get_model(name: str, version: str) -> ModelVersion:
         """One version with its manifest."""
         return s.store.model(name, version)
 
-    @app.delete("/v1/models/{name}/{version}", tags=["models"])
+    @app.delete("/v1/models/{name}/{version}", tags=["models"], dependencies=operator)
     def delete_model(name: str, version: str) -> ModelVersion:
         """Unregister a version and its archive; 409 while a device serves it or it is in flight."""
         return s.registry.delete(name, version)
 
-    @app.get("/v1/models/{name}/{version}/bundle", tags=["models"], response_class=FileResponse)
+    @app.get(
+        "/v1/models/{name}/{version}/bundle",
+        tags=["models"],
+        response_class=FileResponse,
+        dependencies=downloader,
+    )
     def download_model(name: str, version: str) -> FileResponse:
         """The bundle archive (Range requests supported, so agents resume)."""
         model, path = s.registry.archive(name, version)
@@ -358,7 +416,9 @@ def create_app(services: CloudServices) -> FastAPI:  # noqa: PLR0915 - one state
             path, media_type="application/gzip", filename=f"{model.name}-{model.version}.tar.gz"
         )
 
-    @app.get("/v1/blobs/{sha256}", tags=["models"], response_class=FileResponse)
+    @app.get(
+        "/v1/blobs/{sha256}", tags=["models"], response_class=FileResponse, dependencies=downloader
+    )
     def blob(sha256: str) -> FileResponse:
         """A bundle archive by its sha256 (the URL sent in ``assign-model``)."""
         path = s.registry.blob_path(sha256)
@@ -366,7 +426,7 @@ def create_app(services: CloudServices) -> FastAPI:  # noqa: PLR0915 - one state
             raise NotFound(f"no bundle archive with sha256 {sha256}")
         return FileResponse(path, media_type="application/gzip")
 
-    @app.post("/v1/assignments", tags=["assignments"], status_code=201)
+    @app.post("/v1/assignments", tags=["assignments"], status_code=201, dependencies=operator)
     def assign(body: AssignRequest) -> Assignment:
         """Send ``name@version`` to devices, a tag, or the fleet; track each device's ack."""
         if s.assigner is None:
@@ -391,12 +451,12 @@ def create_app(services: CloudServices) -> FastAPI:  # noqa: PLR0915 - one state
             allow_task_change=body.allow_task_change,
         )
 
-    @app.get("/v1/assignments", tags=["assignments"])
+    @app.get("/v1/assignments", tags=["assignments"], dependencies=viewer)
     def assignments(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[Assignment]:
         """Assignments, newest first, with per-device state."""
         return s.store.assignments(limit=limit)
 
-    @app.get("/v1/assignments/{assignment_id}", tags=["assignments"])
+    @app.get("/v1/assignments/{assignment_id}", tags=["assignments"], dependencies=viewer)
     def assignment(assignment_id: str) -> Assignment:
         """One assignment with the state of each target."""
         return s.store.assignment(assignment_id)
@@ -406,7 +466,7 @@ def create_app(services: CloudServices) -> FastAPI:  # noqa: PLR0915 - one state
             raise NoTargets("federated runs are not enabled in this cloud", reason="fl-disabled")
         return s.fl
 
-    @app.post("/v1/fl/runs", tags=["federated"], status_code=202)
+    @app.post("/v1/fl/runs", tags=["federated"], status_code=202, dependencies=operator)
     def start_fl_run(body: FlRunBody) -> dict[str, Any]:
         """Start a federated run in the background; devices get ``start-training``."""
         fl = _fl()
@@ -416,12 +476,12 @@ def create_app(services: CloudServices) -> FastAPI:  # noqa: PLR0915 - one state
         run = fl.start(FlRunRequest(**data))
         return run.to_json()
 
-    @app.get("/v1/fl/runs", tags=["federated"])
+    @app.get("/v1/fl/runs", tags=["federated"], dependencies=viewer)
     def fl_runs() -> list[dict[str, Any]]:
         """Federated runs of this cloud process, newest first."""
         return [r.to_json() for r in _fl().runs()]
 
-    @app.get("/v1/fl/runs/{run_id}", tags=["federated"])
+    @app.get("/v1/fl/runs/{run_id}", tags=["federated"], dependencies=viewer)
     def fl_run(run_id: str) -> dict[str, Any]:
         """One run: state, rounds with metrics, each device's ack, the registered bundle."""
         fl = _fl()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
 
+from edgefleet.cloud.auth.errors import Forbidden, Unauthenticated
 from edgefleet.cloud.errors import CloudUnreachable, Conflict, NotFound
 from edgefleet.protocol.errors import BundleError, EdgefleetError, Incompatible
 
@@ -15,9 +17,11 @@ from edgefleet.protocol.errors import BundleError, EdgefleetError, Incompatible
 class CloudClient:
     """Calls ``/v1/...`` of a running cloud; API errors come back as EdgefleetError."""
 
-    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 30.0, token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        # The API token (docs/http-api.md); without one, $EDGEFLEET_TOKEN.
+        self.token = token or os.environ.get("EDGEFLEET_TOKEN") or None
 
     def request(
         self,
@@ -31,8 +35,11 @@ class CloudClient:
         """One request; the decoded JSON answer."""
         if json_body is not None:
             body = json.dumps(json_body).encode()
+        headers = {"Content-Type": content_type}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(  # noqa: S310 - the URL is the operator's --cloud
-            self.base_url + path, data=body, method=method, headers={"Content-Type": content_type}
+            self.base_url + path, data=body, method=method, headers=headers
         )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
@@ -83,7 +90,7 @@ def _seg(value: str) -> str:
     return urllib.parse.quote(value, safe="")
 
 
-def _api_error(exc: urllib.error.HTTPError) -> EdgefleetError:
+def _api_error(exc: urllib.error.HTTPError) -> EdgefleetError:  # noqa: PLR0911 - one per status
     try:
         payload = json.loads(exc.read())
         reason, detail = str(payload.get("reason", "http")), json.dumps(payload.get("detail", ""))
@@ -95,6 +102,12 @@ def _api_error(exc: urllib.error.HTTPError) -> EdgefleetError:
         return Incompatible(message)
     if exc.code == 422 and reason in _BUNDLE_REASONS:
         return BundleError(message, reason=reason)
+    if exc.code == 401:
+        return Unauthenticated(
+            message + " (give --token or set EDGEFLEET_TOKEN; `edgefleet cloud token create`)"
+        )
+    if exc.code == 403:
+        return Forbidden(message, reason=reason)
     if exc.code == 404:
         return NotFound(message, reason=reason)
     if exc.code == 409:

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgefleet.cloud.errors import NotFound
 from edgefleet.cloud.store.base import ModelVersion, TelemetryStore
-from edgefleet.protocol.bundle import MAX_BUNDLE_BYTES, unpack_bundle, verify_bundle
+from edgefleet.protocol.bundle import (
+    MAX_BUNDLE_BYTES,
+    sha256_file,
+    unpack_bundle,
+    verify_bundle,
+)
 from edgefleet.protocol.errors import BundleError
 
 _SHA = frozenset("0123456789abcdef")
@@ -42,17 +48,28 @@ class ModelRegistry:
         return self.root / "blobs" / sha256[:2] / f"{sha256}.tar.gz"
 
     def push(self, data: bytes) -> ModelVersion:
-        """Verify and store a bundle archive; return the registered version.
+        """Verify and store a bundle archive given in memory; see :meth:`push_file`."""
+        if len(data) > MAX_BUNDLE_BYTES:
+            raise BundleError("bundle archive is over the size limit", reason="bad-archive")
+        with self.upload() as up:
+            up.write(data)
+            return self.push_file(up.finish())
+
+    def upload(self) -> Upload:
+        """A temporary file in the registry to stream an upload into, then :meth:`push_file`."""
+        return Upload(self.root / "tmp")
+
+    def push_file(self, archive: Path) -> ModelVersion:
+        """Verify and store the bundle archive at ``archive``; return the registered version.
 
         Raises a :class:`~edgefleet.protocol.errors.BundleError` subclass (``untrusted-key``,
         ``bad-signature``, ``hash-mismatch``, ``bad-archive``...) for a bundle it refuses.
         """
-        if len(data) > MAX_BUNDLE_BYTES:
+        size = archive.stat().st_size
+        if size > MAX_BUNDLE_BYTES:
             raise BundleError("bundle archive is over the size limit", reason="bad-archive")
-        sha = hashlib.sha256(data).hexdigest()
+        sha = sha256_file(archive)
         with tempfile.TemporaryDirectory(dir=self.root / "tmp") as tmp:
-            archive = Path(tmp) / "bundle.tar.gz"
-            archive.write_bytes(data)
             verified = verify_bundle(unpack_bundle(archive, Path(tmp) / "b"), self.trusted)
             target = self.blob_path(sha)
             if not target.exists():
@@ -66,7 +83,7 @@ class ModelRegistry:
                 name=m.name,
                 version=m.version,
                 sha256=sha,
-                size=len(data),
+                size=size,
                 runtime=m.runtime,
                 key_id=verified.key_id,
                 description=m.description,
@@ -92,3 +109,35 @@ class ModelRegistry:
         if not any(m.sha256 == model.sha256 for m in self.store.models()):
             self.blob_path(model.sha256).unlink(missing_ok=True)
         return model
+
+
+class Upload:
+    """A file under the registry's ``tmp/`` that an upload streams into; removed on exit."""
+
+    def __init__(self, directory: Path) -> None:
+        fd, name = tempfile.mkstemp(dir=directory, suffix=".upload.tar.gz")
+        self.path = Path(name)
+        self._file = os.fdopen(fd, "wb")
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        """Append a chunk."""
+        self._file.write(chunk)
+        self.size += len(chunk)
+
+    def finish(self) -> Path:
+        """Close the file (before it is read back); its path."""
+        self._file.close()
+        return self.path
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)

@@ -94,3 +94,57 @@ def status(config: ConfigOpt) -> None:
     console = Console()
     for line in describe_state(cfg):
         console.print(line, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def provision(
+    cloud: Annotated[str, typer.Option(help="Base URL of the cloud API (http:// or https://).")],
+    token: Annotated[
+        str,
+        typer.Option(
+            envvar="EDGEFLEET_CLAIM_TOKEN",
+            help="The claim token an admin made (`edgefleet device claim-token`).",
+        ),
+    ],
+    *,
+    device_id: Annotated[
+        str | None, typer.Option(help="The id to ask for; default: one the cloud assigns.")
+    ] = None,
+    fleet: Annotated[
+        str | None, typer.Option(help="Refuse the token unless it is for this fleet.")
+    ] = None,
+    config_dir: Annotated[
+        Path, typer.Option(help="Where to write agent.toml, the keys and certificates.")
+    ] = Path("/etc/edgefleet"),
+    force: Annotated[
+        bool, typer.Option(help="Replace an identity already in --config-dir.")
+    ] = False,
+) -> None:
+    """Make this device's key, claim its identity from the cloud, write its whole config."""
+    from edgefleet.edge.provision import provision as run_provision
+
+    done = run_provision(cloud, token, config_dir, device_id=device_id, fleet=fleet, force=force)
+    Console().print(
+        f"provisioned {done.device_id} in fleet {done.fleet} (certificate {done.serial}); "
+        f"run: edgefleet agent check -c {done.config}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def renew(
+    config: ConfigOpt,
+    force: Annotated[bool, typer.Option(help="Renew now, however much validity remains.")] = False,
+) -> None:
+    """Renew the device certificate if less than [identity] renew_below of it remains."""
+    from edgefleet.edge.provision import renew as run_renew
+    from edgefleet.edge.provision import renew_if_due
+
+    cfg = load_config(config)
+    new = run_renew(cfg) if force else renew_if_due(cfg)
+    console = Console()
+    if new is None:
+        console.print("the certificate is not due for renewal", highlight=False)
+    else:
+        console.print(f"renewed: certificate {new.serial:x}", highlight=False)

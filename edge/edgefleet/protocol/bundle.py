@@ -198,13 +198,16 @@ def unpack_bundle(archive: Path, dest: Path) -> Path:
     total = 0
     try:
         with tarfile.open(archive, mode="r:*") as tar:
-            members = tar.getmembers()
-            if len(members) > MAX_BUNDLE_FILES:
-                raise BundleError(
-                    f"archive holds {len(members)} entries; the limit is {MAX_BUNDLE_FILES}",
-                    reason="bad-archive",
-                )
-            for m in members:
+            # Entry by entry, not getmembers(): an archive of 300k tiny entries is refused at
+            # entry 65 instead of after reading (and holding) all of them.
+            members: list[tarfile.TarInfo] = []
+            while (m := tar.next()) is not None:
+                if len(members) >= MAX_BUNDLE_FILES:
+                    raise BundleError(
+                        f"archive holds more than {MAX_BUNDLE_FILES} entries (the limit)",
+                        reason="bad-archive",
+                    )
+                members.append(m)
                 if not (m.isfile() or m.isdir()):
                     raise BundleError(
                         f"archive entry {m.name!r} is not a regular file", reason="bad-archive"
@@ -215,7 +218,7 @@ def unpack_bundle(archive: Path, dest: Path) -> Path:
                         "archive unpacks to more than the bundle size limit", reason="bad-archive"
                     )
             # The 'data' filter refuses absolute paths, '..' and links (PEP 706).
-            tar.extractall(dest, filter="data")
+            tar.extractall(dest, members=members, filter="data")
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise BundleError(
             f"{archive} is not a readable bundle archive: {exc}", reason="bad-archive"

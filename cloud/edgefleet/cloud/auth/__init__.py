@@ -2,7 +2,7 @@
 
 from edgefleet.cloud.auth import tokens
 from edgefleet.cloud.auth.deps import Authenticator, authenticator, require, require_device
-from edgefleet.cloud.auth.errors import Forbidden, Unauthenticated
+from edgefleet.cloud.auth.errors import EdgefleetAuthError, Forbidden, Unauthenticated
 from edgefleet.cloud.auth.grants import DownloadGrants
 from edgefleet.cloud.auth.roles import Principal, Role
 from edgefleet.cloud.auth.sessions import CSRF_HEADER, SESSION_COOKIE, Sessions
@@ -13,6 +13,7 @@ __all__ = [
     "SESSION_COOKIE",
     "Authenticator",
     "DownloadGrants",
+    "EdgefleetAuthError",
     "Forbidden",
     "Principal",
     "Role",

@@ -5,13 +5,17 @@ from __future__ import annotations
 from edgefleet.protocol.errors import EdgefleetError
 
 
-class Unauthenticated(EdgefleetError):
+class EdgefleetAuthError(EdgefleetError):
+    """A request the credentials checks refuse (401 or 403)."""
+
+
+class Unauthenticated(EdgefleetAuthError):
     """No credential, or one the cloud does not know or has revoked (HTTP 401)."""
 
     reason = "unauthenticated"
 
 
-class Forbidden(EdgefleetError):
+class Forbidden(EdgefleetAuthError):
     """A known credential whose role does not allow the request (HTTP 403)."""
 
     reason = "forbidden"

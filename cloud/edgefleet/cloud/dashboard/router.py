@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
-from fastapi import APIRouter, FastAPI, Query, Request
-from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from edgefleet.cloud.api import CloudServices
+from edgefleet.cloud.auth import EdgefleetAuthError, Role, authenticator, require
 from edgefleet.cloud.dashboard.base import NoRounds, RoundSource
 from edgefleet.cloud.dashboard.feed import LiveFeed
 from edgefleet.cloud.dashboard.series import SeriesCursor, device_series
@@ -124,7 +125,9 @@ def mount_dashboard(
         history=settings.history,
     )
     dash = Dashboard(feed, settings, services, source)
-    router = APIRouter(prefix="/dashboard/api", tags=["dashboard"])
+    router = APIRouter(
+        prefix="/dashboard/api", tags=["dashboard"], dependencies=[Depends(require(Role.viewer))]
+    )
 
     @router.get("/stream")
     async def stream(request: Request, device: str | None = None) -> StreamingResponse:
@@ -166,7 +169,12 @@ def mount_dashboard(
     index = static_dir() / "index.html"
 
     @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
+    def page(request: Request) -> Response:
+        # Without a live session the page would only show errors: go to the login page.
+        try:
+            authenticator(request).principal(request)
+        except EdgefleetAuthError:
+            return RedirectResponse("login")
         return FileResponse(index, media_type="text/html", headers={"Cache-Control": "no-cache"})
 
     @app.get("/dashboard", include_in_schema=False)

@@ -2,6 +2,7 @@
 import { Overview } from "./overview.js";
 import { DevicePage } from "./device.js";
 import { Assignments, Learning, Quarantine } from "./lists.js";
+import { send, session } from "./util.js";
 
 const state = { version: 0, devices: new Map(), summary: null, alerts: [], markers: {} };
 const view = document.getElementById("view");
@@ -34,7 +35,11 @@ function connect(device) {
   const url = "dashboard/api/stream" + (device ? `?device=${encodeURIComponent(device)}` : "");
   source = new EventSource(url);
   source.onopen = () => { live.dataset.state = "live"; live.textContent = "live"; };
-  source.onerror = () => { live.dataset.state = "down"; live.textContent = "reconnecting"; };
+  source.onerror = () => {
+    live.dataset.state = "down";
+    live.textContent = "reconnecting";
+    session(); // a stream refused with 401 (session ended) goes back to the login page
+  };
   source.addEventListener("snapshot", (e) => { applySnapshot(JSON.parse(e.data)); current?.update(state); });
   source.addEventListener("diff", (e) => { applyDiff(JSON.parse(e.data)); current?.update(state); });
   source.addEventListener("series", (e) => current?.series?.(JSON.parse(e.data)));
@@ -61,4 +66,12 @@ function route() {
 }
 
 window.addEventListener("hashchange", route);
-route();
+document.getElementById("logout").addEventListener("click", async () => {
+  await send("POST", "auth/logout");
+  location.replace("login");
+});
+session().then((s) => {
+  if (!s) return;
+  document.getElementById("who").textContent = `${s.name} (${s.role})`;
+  route();
+});

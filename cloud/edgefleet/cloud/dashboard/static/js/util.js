@@ -15,9 +15,37 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+// The session's CSRF token (from auth/session); every state-changing request sends it.
+let csrf = null;
+
+function toLogin() {
+  location.replace("login");
+}
+
+export async function session() {
+  const r = await fetch("auth/session", { headers: { Accept: "application/json" } });
+  if (r.status === 401) { toLogin(); return null; }
+  if (!r.ok) throw new Error(`auth/session: HTTP ${r.status}`);
+  const s = await r.json();
+  csrf = s.csrf;
+  return s;
+}
+
 export async function getJSON(url) {
   const r = await fetch(url, { headers: { Accept: "application/json" } });
+  if (r.status === 401) toLogin();
   if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
+  return r.json();
+}
+
+export async function send(method, url, body) {
+  const headers = { Accept: "application/json", "X-CSRF-Token": csrf || "" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const r = await fetch(url, {
+    method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (r.status === 401) toLogin();
+  if (!r.ok) throw new Error(`${method} ${url}: HTTP ${r.status}`);
   return r.json();
 }
 
