@@ -470,3 +470,37 @@ def test_anonymous_clients_only_on_loopback_and_only_when_asked(
     for line in laptop.cfg.config_path.read_text().splitlines():
         if line.startswith("listener") and line.split()[1] == str(laptop.cfg.local_port):
             assert line.split()[2] == "127.0.0.1"
+
+
+def test_broker_config_command_writes_a_config_mosquitto_runs(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edgefleet.cloud.cli import app
+
+    out = tmp_path / "broker"
+    tls_port, local_port = free_port(), free_port()
+    result = CliRunner().invoke(
+        app,
+        [
+            "broker-config",
+            "--out", str(out),
+            "--workdir", str(tmp_path / "cloud"),
+            "--tls-port", str(tls_port),
+            "--local-port", str(local_port),
+            "--user", getpass.getuser(),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    cfg = ProductionConfig.load(out)
+    assert (cfg.local_port, cfg.tls_port) == (local_port, tls_port)
+    assert cfg.passwords[CLOUD] in cfg.local_url()
+    assert oct((out / "credentials.json").stat().st_mode & 0o777) == "0o600"
+    broker = ProductionMosquitto(cfg).start()
+    try:
+        s = Session(local_port, username=CLOUD, password=cfg.passwords[CLOUD])
+        assert s.subscribe(topics.uplink_filters()[0])
+        s.close()
+        with pytest.raises(Refused):
+            Session(local_port)
+    finally:
+        broker.kill()

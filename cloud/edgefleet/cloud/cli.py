@@ -233,3 +233,93 @@ def devices(
             d.get("agent_version") or "-", cpu, outbox,
         )  # fmt: skip
     Console().print(table)
+
+
+@app.command("broker-config")
+def broker_config(
+    *,
+    out: Annotated[
+        Path, typer.Option(help="Directory to write mosquitto.conf and its files into.")
+    ],
+    workdir: Annotated[
+        Path, typer.Option(help="The cloud's state directory (its CA is WORKDIR/identity/ca).")
+    ] = Path(".edgefleet-cloud"),
+    hostname: Annotated[
+        list[str] | None,
+        typer.Option(help="Name or IP devices dial the broker by (repeatable; server cert SANs)."),
+    ] = None,
+    tls_port: Annotated[int, typer.Option(help="Port of the devices' TLS listener.")] = 8883,
+    local_port: Annotated[
+        int, typer.Option(help="Loopback port of the cloud's own identities.")
+    ] = 1884,
+    backend: Annotated[
+        str, typer.Option(help="auto (dynsec if installed), dynsec or files.")
+    ] = "auto",
+    anonymous_loopback: Annotated[
+        bool, typer.Option(help="Also let anonymous clients in, on the loopback listener only.")
+    ] = False,
+    db: Annotated[
+        str | None,
+        typer.Option(help="Store whose devices to enrol (default: WORKDIR/edgefleet.db)."),
+    ] = None,
+    user: Annotated[str | None, typer.Option(help="Unix user Mosquitto runs as.")] = None,
+) -> None:
+    """Write Mosquitto's production configuration: TLS, certificate identities, per-device ACLs."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from edgefleet.cloud.broker.production import write_production_config
+    from edgefleet.cloud.identity.ca import ProjectCA, write_private
+    from edgefleet.cloud.store import open_store
+
+    if backend not in ("auto", "dynsec", "files"):
+        raise ConfigError(f"--backend {backend!r} is not auto, dynsec or files")
+    workdir = workdir.expanduser().resolve()
+    ca = ProjectCA.load_or_create(workdir / "identity" / "ca")
+    store = open_store(db or f"sqlite:///{workdir / 'edgefleet.db'}")
+    try:
+        devices = [(d.device_id, d.fleet) for d in store.devices()]
+    finally:
+        store.close()
+    revoked = ca.directory / "crl.pem"
+    crl = revoked.read_bytes() if revoked.is_file() else ca.crl_pem([])
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    cert = ca.issue_server_cert(hostname or ["localhost", "127.0.0.1"], server_key)
+    staging = out.expanduser().resolve() / ".server"
+    staging.mkdir(parents=True, exist_ok=True)
+    write_private(staging / "server.pem", cert)
+    write_private(
+        staging / "server.key",
+        server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    cfg = write_production_config(
+        out,
+        ca=ca.cert_path,
+        cert=staging / "server.pem",
+        key=staging / "server.key",
+        crl=crl,
+        tls_port=tls_port,
+        local_port=local_port,
+        anonymous_loopback=anonymous_loopback,
+        backend=backend,  # type: ignore[arg-type]
+        devices=devices,
+        user=user,
+    )
+    for leftover in staging.iterdir():
+        leftover.unlink()
+    staging.rmdir()
+    console = Console(stderr=True)
+    console.print(
+        f"wrote {cfg.config_path} ({cfg.backend} backend, {len(devices)} devices enrolled)\n"
+        f"start it:  mosquitto -d -c {cfg.config_path}\n"
+        f"then:      edgefleet cloud run --broker '{cfg.local_url()}'  "
+        f"(credentials in {cfg.directory / 'credentials.json'})"
+    )
+    if anonymous_loopback:
+        console.print(
+            f"[yellow]anonymous MQTT clients are allowed on 127.0.0.1:{local_port}[/yellow]"
+        )
