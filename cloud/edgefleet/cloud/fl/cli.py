@@ -164,7 +164,9 @@ def start(
         return
     if every is not None or device or assign:
         raise FlSettingsError("--every, --device and --assign need --cloud URL")
+    # The strategies import Flower: a missing `fl` extra fails here, before any preparation.
     from edgefleet.cloud.fl.apps.prepare import prepare_run
+    from edgefleet.cloud.fl.apps.strategies import make_strategy  # noqa: F401
     from edgefleet.cloud.fl.runs.publish import publish_round
     from edgefleet.cloud.fl.secagg.settings import SecAggSettings
 
