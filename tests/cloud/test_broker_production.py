@@ -504,3 +504,11 @@ def test_broker_config_command_writes_a_config_mosquitto_runs(tmp_path: Path) ->
             Session(local_port)
     finally:
         broker.kill()
+
+
+def test_the_laptop_broker_says_it_allows_anonymous_clients(
+    mosquitto_factory: Callable[..., object], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="edgefleet.cloud.broker.base"):
+        mosquitto_factory()
+    assert any("allows anonymous clients" in r.getMessage() for r in caplog.records)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -13,6 +14,8 @@ from types import TracebackType
 from typing import IO, Self
 
 from edgefleet.protocol.errors import EdgefleetError
+
+log = logging.getLogger(__name__)
 
 
 class BrokerNotReady(EdgefleetError):
@@ -36,6 +39,8 @@ class BrokerProcess:
     """
 
     name = "broker"
+    # The laptop brokers let anyone on this machine in; the production one says otherwise.
+    allows_anonymous = True
 
     def __init__(self, workdir: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
         # The broker runs with this as its current directory: a relative path would not be
@@ -94,6 +99,15 @@ class BrokerProcess:
                 contextlib.suppress(OSError),
                 socket.create_connection((self.host, self.port), timeout=0.2),
             ):
+                if self.allows_anonymous:
+                    log.warning(
+                        "%s on %s:%s allows anonymous clients with no ACL (loopback only, the "
+                        "laptop default); for devices on a network run `edgefleet cloud "
+                        "broker-config` (docs/broker.md, Production)",
+                        self.name,
+                        self.host,
+                        self.port,
+                    )
                 return self
             time.sleep(0.02)
         self.kill()

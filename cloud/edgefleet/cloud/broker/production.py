@@ -656,6 +656,7 @@ class ProductionMosquitto(BrokerProcess):
             raise ConfigError("mosquitto is not installed: apt-get install -y mosquitto")
         self.executable = exe
         self.cfg = cfg
+        self.allows_anonymous = cfg.anonymous_loopback
 
     def command(self) -> list[str]:
         """``mosquitto -c <generated config>``."""
