@@ -1,8 +1,8 @@
 """HTTP routes of device identity: provisioning by claim, renewal, claim tokens, revocation.
 
 ``POST /v1/provision`` and ``/v1/provision/renew`` are authenticated by the claim token and
-by the current certificate's key, never by an API token (a fresh device has none); the CA and
-CRL are public; making claim tokens and revoking are for admins, listing for viewers.
+by the current certificate's key, never by an API token (a fresh device has none); making
+claim tokens and revoking are for admins; the CA, the CRL and the list are for viewers.
 """
 
 from __future__ import annotations
@@ -62,12 +62,12 @@ def identity_router(provisioner: Provisioner) -> APIRouter:
         return p.renew(body.certificate, body.csr, body.signature)
 
     @r.get("/v1/identity/ca.pem", response_class=Response)
-    def ca() -> Response:
+    def ca(_who: viewer) -> Response:
         """The project CA certificate (what brokers and devices trust)."""
         return Response(p.ca.ca_pem(), media_type="application/x-pem-file")
 
     @r.get("/v1/identity/crl.pem", response_class=Response)
-    def crl() -> Response:
+    def crl(_who: viewer) -> Response:
         """The CA's current revocation list."""
         return Response(p.crl_path.read_bytes(), media_type="application/x-pem-file")
 

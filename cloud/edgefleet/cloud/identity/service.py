@@ -240,9 +240,13 @@ class Provisioner:
             "broker": self.broker is not None,
         }
 
+    def current_crl(self) -> bytes:
+        """The CA's CRL (PEM) over every revoked, unexpired certificate (a broker's ``crl``)."""
+        return self.ca.crl_pem(self.book.revoked_serials())
+
     def write_crl(self) -> Path:
         """Rewrite the CRL file from the store's revoked serials."""
-        write_private(self.crl_path, self.ca.crl_pem(self.book.revoked_serials()), 0o644)
+        write_private(self.crl_path, self.current_crl(), 0o644)
         return self.crl_path
 
     # -- helpers ---------------------------------------------------------------------------
