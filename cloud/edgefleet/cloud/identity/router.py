@@ -16,6 +16,10 @@ from edgefleet.cloud.auth import Principal, Role, require
 from edgefleet.cloud.identity.service import Provisioner
 
 _PEM_MAX = 16 * 1024
+# Module level, not inside identity_router: with postponed annotations FastAPI resolves these
+# names from the module's globals, and a local alias breaks the route and /openapi.json.
+admin = Annotated[Principal, Depends(require(Role.admin))]
+viewer = Annotated[Principal, Depends(require(Role.viewer))]
 
 
 class ProvisionBody(BaseModel):
@@ -48,8 +52,6 @@ def identity_router(provisioner: Provisioner) -> APIRouter:
     """The identity routes over ``provisioner``."""
     r = APIRouter(tags=["identity"])
     p = provisioner
-    admin = Annotated[Principal, Depends(require(Role.admin))]
-    viewer = Annotated[Principal, Depends(require(Role.viewer))]
 
     @r.post("/v1/provision", status_code=201)
     def provision(body: ProvisionBody) -> dict[str, Any]:
