@@ -254,8 +254,14 @@ class Cloud:
         ).start(timeout)
         if self.http_port == 0:
             self.http_port = free_port(cfg.http_host or "127.0.0.1")
+        auth = self._authenticator(cfg, self.store)
         assigner = Assigner(
-            self.store, self.registry, self.publisher, self.node, cfg.public_url or self.http_url
+            self.store,
+            self.registry,
+            self.publisher,
+            self.node,
+            cfg.public_url or self.http_url,
+            grants=auth.grants,
         )
         store = self.store
         self.metrics.watch_fleet(lambda: (len(store.devices(online=True)), len(store.devices())))
@@ -268,7 +274,6 @@ class Cloud:
             assigner=assigner,
             fleet=cfg.fleet,
         )
-        auth = self._authenticator(cfg, store)
         self.identity = self._provisioner(cfg, store)
         services = CloudServices(
             store,

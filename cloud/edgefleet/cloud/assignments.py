@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import msgspec
 
+from edgefleet.cloud.auth.grants import DownloadGrants
 from edgefleet.cloud.errors import NoTargets, NotFound
 from edgefleet.cloud.node import CloudNode
 from edgefleet.cloud.publisher import CommandPublisher
@@ -51,12 +52,17 @@ class Assigner:
         publisher: CommandPublisher,
         node: CloudNode,
         download_base_url: str,
+        *,
+        grants: DownloadGrants | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.publisher = publisher
         self.node = node
         self.download_base_url = download_base_url.rstrip("/")
+        # Each device's command carries a URL with a grant for that bundle and device only;
+        # None (tests of the assigner alone): the bare URL, which needs an API token.
+        self.grants = grants
 
     def resolve(
         self, kind: SelectorKind, values: Sequence[str], fleet: str | None
@@ -187,7 +193,7 @@ class Assigner:
                 command_id=assignment_id,
                 model=name,
                 version=version,
-                url=url,
+                url=self._device_url(model.sha256, device),
                 sha256=model.sha256,
                 size=model.size,
                 runtime=model.runtime if model.runtime in ("litert", "onnx") else None,  # type: ignore[arg-type]
@@ -200,6 +206,11 @@ class Assigner:
             )
         del created
         return self.store.assignment(assignment_id)
+
+    def _device_url(self, sha256: str, device_id: str) -> str:
+        if self.grants is None:
+            return f"{self.download_base_url}/v1/blobs/{sha256}"
+        return self.grants.url(self.download_base_url, sha256, device_id)
 
 
 def _manifest(model: ModelVersion) -> BundleManifest:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -102,22 +103,17 @@ def require_device() -> Callable[..., Principal]:
     """A dependency for bundle downloads: any API credential, or the device it was assigned to.
 
     The archive's sha256 comes from the ``sha256`` path parameter; a ``grant`` query parameter
-    made by :class:`~edgefleet.cloud.auth.grants.DownloadGrants` also admits the request.
+    made by :class:`~edgefleet.cloud.auth.grants.DownloadGrants` (with ``device`` and
+    ``expires``) also admits the request, for that archive and device until it expires.
     """
 
     def dependency(request: Request) -> Principal:
         auth = authenticator(request)
         sha = str(request.path_params.get("sha256", ""))
-        grant = request.query_params.get("grant")
-        if (
-            grant is not None
-            and sha
-            and auth.grants is not None
-            and "authorization" not in {k.lower() for k in request.headers}
-        ):
-            if auth.grants.check(sha, grant):
-                return Principal("download-grant", Role.viewer, "device")
-            raise Forbidden("the download grant does not match this archive", reason="bad-grant")
+        q = request.query_params
+        grant = q.get("grant")
+        if grant is not None and "authorization" not in request.headers:
+            return _granted(auth, sha, q.get("device", ""), q.get("expires", ""), grant)
         p = auth.principal(request)
         if p.kind != "device":
             return p
@@ -130,3 +126,19 @@ def require_device() -> Callable[..., Principal]:
         return p
 
     return dependency
+
+
+def _granted(auth: Authenticator, sha: str, device_id: str, expires: str, grant: str) -> Principal:
+    if not sha or auth.grants is None or not device_id or not expires.isdigit():
+        raise Forbidden(
+            "a download grant needs the bundle's sha256 URL with its device and expires",
+            reason="bad-grant",
+        )
+    if int(expires) < time.time():
+        raise Forbidden(
+            "the download grant expired: assign the model again for a fresh URL",
+            reason="grant-expired",
+        )
+    if not auth.grants.check(sha, device_id, int(expires), grant):
+        raise Forbidden("the download grant does not match this archive", reason="bad-grant")
+    return Principal(f"grant:{device_id}", Role.viewer, "device", device_id)
