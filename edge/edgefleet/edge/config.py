@@ -141,14 +141,16 @@ class DeliveryConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
 
 class IdentityConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``[identity]``: where this device renews the certificate ``agent provision`` got.
+    """``[identity]``: the certificate ``agent provision`` got, and where it is renewed.
 
-    The certificate and key are ``[mqtt] cert_file`` and ``key_file``; renewal rewrites them
-    (and the ``[fl]`` SuperNode key, the same key) when less than ``renew_below`` of the
-    certificate's validity remains. Empty ``cloud``: not provisioned, nothing to renew.
+    Renewal rewrites ``cert_file`` and ``key_file`` (the same files ``[mqtt]`` names on a TLS
+    broker) and the ``[fl]`` SuperNode key, the same key, when less than ``renew_below`` of
+    the certificate's validity remains. Empty ``cloud``: not provisioned, nothing to renew.
     """
 
     cloud: str = ""
+    cert_file: str | None = None
+    key_file: str | None = None
     renew_below: Annotated[float, Meta(gt=0, lt=1)] = 0.3
     check_every_s: PositiveFloat = 3600.0
 
@@ -319,6 +321,11 @@ def resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
             cfg.trust,
             command_keys=[_under(base, k) for k in cfg.trust.command_keys],
             record_key=opt(cfg.trust.record_key),
+        ),
+        identity=msgspec.structs.replace(
+            cfg.identity,
+            cert_file=opt(cfg.identity.cert_file),
+            key_file=opt(cfg.identity.key_file),
         ),
         fl=msgspec.structs.replace(
             fl,

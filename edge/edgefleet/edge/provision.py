@@ -189,6 +189,8 @@ def _config_text(answer: dict[str, Any], files: dict[str, Any], cloud: str) -> s
             "",
             "[identity]",
             f"cloud = {json.dumps(cloud)}",
+            f'cert_file = "{DEVICE_CERT}"',
+            f'key_file = "{DEVICE_KEY}"',
             "",
             "[fl]",
             "# The SuperNode key is the device key (OpenSSH format); register node.pub",
@@ -288,13 +290,13 @@ def validity(cert_file: Path) -> Validity:
 
 
 def _identity_files(cfg: AgentConfig) -> tuple[Path, Path]:
-    m = cfg.mqtt
-    if not cfg.identity.cloud or not m.cert_file or not m.key_file:
+    ident = cfg.identity
+    if not ident.cloud or not ident.cert_file or not ident.key_file:
         raise ProvisionError(
-            "this config has no provisioned identity ([identity] cloud and [mqtt] "
-            "cert_file/key_file); run `edgefleet agent provision` first"
+            "this config has no provisioned identity ([identity] cloud, cert_file and "
+            "key_file); run `edgefleet agent provision` first"
         )
-    return Path(m.cert_file), Path(m.key_file)
+    return Path(ident.cert_file), Path(ident.key_file)
 
 
 def renew(cfg: AgentConfig, *, timeout: float = 30.0) -> Validity:
