@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from support.cloud_auth import api, token_env
 from support.cloud_bundles import make_archive
 from support.cloud_devices import TestDevice
 from support.cloud_ingest import unique_fleet
@@ -51,7 +52,7 @@ def cloud(tmp_path: Path, mosquitto: MosquittoBroker, keys):
 def test_push_list_download_with_range(cloud: Cloud, keys, tmp_path: Path) -> None:
     archive = make_archive(tmp_path, keys[0])
     data = archive.read_bytes()
-    with httpx.Client(base_url=cloud.http_url) as http:
+    with api(cloud) as http:
         r = http.post("/v1/models", content=data, headers={"content-type": "application/gzip"})
         assert r.status_code == 201, r.text
         m = r.json()
@@ -77,7 +78,7 @@ def test_push_list_download_with_range(cloud: Cloud, keys, tmp_path: Path) -> No
 def test_registry_refuses_untrusted_and_tampered(cloud: Cloud, tmp_path: Path) -> None:
     stranger = Ed25519PrivateKey.generate()
     data = make_archive(tmp_path, stranger).read_bytes()
-    with httpx.Client(base_url=cloud.http_url) as http:
+    with api(cloud) as http:
         r = http.post("/v1/models", content=data)
         assert r.status_code == 422
         assert r.json()["reason"] == "untrusted-key"
@@ -95,7 +96,7 @@ def test_assign_publishes_and_tracks_acks(cloud: Cloud, keys, tmp_path: Path, mo
     try:
         for d in devs:
             d.birth()
-        with httpx.Client(base_url=cloud.http_url) as http:
+        with api(cloud) as http:
             assert http.post("/v1/models", content=data).status_code == 201
             assert devs[0].wait(lambda: len(http.get("/v1/devices").json()) == 3)
             http.put(f"/v1/devices/{devs[2].device_id}/tags", json={"tags": ["canary"]})
@@ -110,6 +111,12 @@ def test_assign_publishes_and_tracks_acks(cloud: Cloud, keys, tmp_path: Path, mo
                 assert (cmd.command_id, cmd.model, cmd.version) == (a["id"], "kws", "1.0.0")
                 assert (cmd.sha256, cmd.size) == (hashlib.sha256(data).hexdigest(), len(data))
                 assert http.get(cmd.url.replace(cloud.http_url, "")).content == data
+                # The URL's grant admits this device, with no token, for this bundle only.
+                assert f"device={d.device_id}" in cmd.url
+                assert httpx.get(cmd.url).content == data
+                other = cmd.url.replace(f"device={d.device_id}", "device=someone-else")
+                assert httpx.get(other).json()["reason"] == "bad-grant"
+                assert httpx.get(cmd.url.split("?")[0]).status_code == 401
             devs[0].send_ack(devs[0].commands[0], "received")
             devs[0].send_ack(devs[0].commands[0], "succeeded")
             devs[1].send_ack(devs[1].commands[0], "refused", "bad-signature")
@@ -150,7 +157,7 @@ def test_cli_push_assign_devices(cloud: Cloud, keys, tmp_path: Path, mosquitto) 
     dev = TestDevice(mosquitto.host, mosquitto.port, f"{fleet}-cli", fleet)
     try:
         dev.birth()
-        runner = CliRunner()
+        runner = CliRunner(env=token_env(cloud))
         r = runner.invoke(models_cli.app, ["push", str(archive), "--cloud", cloud.http_url])
         assert r.exit_code == 0, r.output
         assert "registered kws@2.0.0" in r.output
@@ -222,7 +229,7 @@ def _offline(dev: TestDevice) -> None:
 
 
 def test_every_http_error_has_the_documented_shape(cloud: Cloud) -> None:
-    with httpx.Client(base_url=cloud.http_url) as http:
+    with api(cloud) as http:
         cases = [
             (http.post("/v1/assignments", json={"all": True}), 422, "invalid-request", "model"),
             (http.get("/v1/telemetry/health?limit=0"), 422, "invalid-request", "limit"),
@@ -251,8 +258,8 @@ def test_cloud_refuses_a_bundle_that_does_not_fit_before_sending(
             vib, DeviceProfile(channels=["ax", "ay", "az"], sample_rate_hz=400.0, runtimes=["onnx"])
         )
         old.birth()  # an agent before profiles: the cloud cannot check its source
-        runner = CliRunner()
-        with httpx.Client(base_url=cloud.http_url) as http:
+        runner = CliRunner(env=token_env(cloud))
+        with api(cloud) as http:
             for rate, name in ((50.0, "activity"), (400.0, "vibclass")):
                 archive = _sensor_archive(tmp_path, keys[0], name=name, rate=rate)
                 assert http.post("/v1/models", content=archive.read_bytes()).status_code == 201
@@ -301,13 +308,13 @@ def test_delete_a_model_version_and_forget_a_device(
     fleet = cloud.config.fleet
     assert fleet is not None
     dev = TestDevice(mosquitto.host, mosquitto.port, f"{fleet}-del", fleet)
-    runner = CliRunner()
+    runner = CliRunner(env=token_env(cloud))
     try:
         dev.birth()
         dev.send_readings(3)
         data = make_archive(tmp_path, keys[0]).read_bytes()
         sha = hashlib.sha256(data).hexdigest()
-        with httpx.Client(base_url=cloud.http_url) as http:
+        with api(cloud) as http:
             assert http.post("/v1/models", content=data).status_code == 201
             assert dev.wait(lambda: len(http.get("/v1/devices").json()) == 1)
             assert dev.wait_outbox_empty()
@@ -383,7 +390,7 @@ def test_assign_wait_reports_each_final_state_and_exits_non_zero(
     fleet = cloud.config.fleet
     assert fleet is not None
     devs = [TestDevice(mosquitto.host, mosquitto.port, f"{fleet}-w{i}", fleet) for i in range(3)]
-    runner = CliRunner()
+    runner = CliRunner(env=token_env(cloud))
     try:
         for d in devs:
             d.birth()
@@ -394,7 +401,7 @@ def test_assign_wait_reports_each_final_state_and_exits_non_zero(
             ).exit_code
             == 0
         )
-        with httpx.Client(base_url=cloud.http_url) as http:
+        with api(cloud) as http:
             assert devs[0].wait(lambda: len(http.get("/v1/devices").json()) == 3)
         ids = [d.device_id for d in devs]
         base = ["assign", "kws@1.0.0", "--wait", "--cloud", cloud.http_url]

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from support.cloud_auth import admin_token
+from support.trust import command_private_key
+
 from edgefleet.cloud.app import Cloud, CloudConfig
 from edgefleet.cloud.dashboard import Dashboard, DashboardSettings
 
@@ -25,6 +28,16 @@ class DashboardCloud:
 
     def __init__(self, cloud: Cloud, dashboard: Dashboard, url: str) -> None:
         self.cloud, self.dashboard, self.url = cloud, dashboard, url
+        # The cloud's first admin token, for API calls (headers) and the browser login.
+        self.token = admin_token(cloud)
+        self.headers = {"Authorization": f"Bearer {self.token}"}
+
+    def login(self, page: object, token: str | None = None) -> None:
+        """Log ``page`` in through the dashboard's real login form (a session cookie)."""
+        page.goto(self.url + "/login")  # type: ignore[attr-defined]
+        page.fill("#token", token or self.token)  # type: ignore[attr-defined]
+        page.click("#login button[type=submit]")  # type: ignore[attr-defined]
+        page.wait_for_url(self.url + "/")  # type: ignore[attr-defined]
 
 
 @contextmanager
@@ -32,6 +45,7 @@ def dashboard_cloud(
     workdir: Path, broker_url: str, fleet: str, *, interval_s: float = 0.5, **config: object
 ) -> Iterator[DashboardCloud]:
     """Start a Cloud on ``broker_url``; it serves the dashboard at ``/`` of its HTTP API."""
+    config.setdefault("command_key", command_private_key())
     cloud = Cloud(CloudConfig(workdir=workdir, broker_url=broker_url, fleet=fleet, http_port=0,
                               batch_max_delay_s=0.02,
                               dashboard=DashboardSettings(interval_s=interval_s),
