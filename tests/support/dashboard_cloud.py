@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from support.cloud_auth import admin_token
-from support.trust import command_private_key
-
 from edgefleet.cloud.app import Cloud, CloudConfig
 from edgefleet.cloud.dashboard import Dashboard, DashboardSettings
+from support.cloud_auth import admin_token
+from support.trust import command_private_key
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
