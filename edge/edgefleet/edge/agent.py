@@ -20,6 +20,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from importlib import metadata
 from typing import Any
 
+from edgefleet.edge import watchdog
 from edgefleet.edge.commands import CommandHandler
 from edgefleet.edge.config import AgentConfig, apply_runtime_change
 from edgefleet.edge.errors import TaskFailed
@@ -195,6 +196,8 @@ class Agent:
         await self.training.start_always(self.event)
         self.ready.set()
         self.installer.log_serving()
+        # sd_notify READY=1 and WATCHDOG=1 from this loop under systemd (a no-op elsewhere).
+        tasks.append(loop.create_task(watchdog.serve(self), name="watchdog"))
         failed: tuple[str, BaseException] | None = None
         try:
             failed = await self._supervise(tasks)
