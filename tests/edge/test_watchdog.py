@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from support.edge_agent import AgentThread, agent_toml, make_config
 
 from edgefleet.edge.watchdog import Notifier, serve
-from support.edge_agent import AgentThread, agent_toml, make_config
 
 
 class Manager:
@@ -108,7 +108,11 @@ def test_a_blocked_event_loop_stops_the_pings(
     runner = AgentThread(
         make_config(
             agent_toml(
-                tmp_path / "d", mosquitto.port, device="wd-2", bundle=good_bundle, keys=[trusted_pub]
+                tmp_path / "d",
+                mosquitto.port,
+                device="wd-2",
+                bundle=good_bundle,
+                keys=[trusted_pub],
             )
         )
     )
