@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import re
 import socket
 import tarfile
@@ -279,3 +280,43 @@ def test_download_grant_scoped_to_bundle_device_and_time(cloud: Cloud, tmp_path:
         query = url.split("?")[1]
         r = http.get(f"{cloud.http_url}/v1/models/kws/1.0.0/bundle?{query}")
         assert (r.status_code, r.json()["reason"]) == (403, "bad-grant")
+
+
+def test_token_cli_on_the_workdir_and_over_the_api(cloud: Cloud) -> None:
+    from typer.testing import CliRunner
+
+    from edgefleet.cloud.cli import app as cloud_cli
+
+    runner = CliRunner()
+    workdir = str(cloud.config.workdir)
+    made = runner.invoke(
+        cloud_cli, ["token", "create", "--role", "operator", "--name", "ci", "--workdir", workdir]
+    )
+    assert made.exit_code == 0, made.output
+    secret = made.stdout.strip().splitlines()[-1]
+    assert secret.startswith("ef_")
+    h = {"Authorization": f"Bearer {secret}"}
+    assert httpx.get(f"{cloud.http_url}/v1/devices", headers=h).status_code == 200
+    # Over the API: the admin token from --token (or EDGEFLEET_TOKEN); a viewer one is refused.
+    api = ["--cloud", cloud.http_url, "--token", str(cloud.admin_token)]
+    listed = runner.invoke(cloud_cli, ["token", "list", "--json", *api])
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.stdout)
+    ci = next(t for t in rows if t["name"] == "ci")
+    assert ci["role"] == "operator"
+    assert secret not in listed.stdout
+    viewer = runner.invoke(
+        cloud_cli, ["token", "create", "--name", "v", *api], env={"EDGEFLEET_TOKEN": ""}
+    )
+    assert viewer.exit_code == 0, viewer.output
+    as_viewer = ["--cloud", cloud.http_url, "--token", viewer.stdout.strip().splitlines()[-1]]
+    refused = runner.invoke(cloud_cli, ["token", "revoke", ci["id"], *as_viewer])
+    assert getattr(refused.exception, "reason", None) == "forbidden"
+    gone = runner.invoke(cloud_cli, ["token", "revoke", ci["id"], *api])
+    assert gone.exit_code == 0, gone.output
+    assert httpx.get(f"{cloud.http_url}/v1/devices", headers=h).status_code == 401
+    # A command that talks to the cloud says what to do without a token.
+    bare = runner.invoke(
+        cloud_cli, ["devices", "--cloud", cloud.http_url], env={"EDGEFLEET_TOKEN": ""}
+    )
+    assert "--token" in str(bare.exception)

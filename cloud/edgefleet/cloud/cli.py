@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from edgefleet.cloud.app import Cloud, CloudConfig, Retention
+from edgefleet.cloud.auth.cli import TokenOption
+from edgefleet.cloud.auth.cli import app as token_app
 from edgefleet.cloud.client import CloudClient
 from edgefleet.cloud.dashboard import DashboardSettings
 from edgefleet.cloud.dashboard.prometheus import SeriesLimits
@@ -25,6 +27,7 @@ from edgefleet.protocol.errors import ConfigError
 app = typer.Typer(
     help="Run the cloud aggregator and query the fleet.", no_args_is_help=True, add_completion=False
 )
+app.add_typer(token_app, name="token")
 
 
 def parse_hostport(value: str) -> tuple[str, int]:
@@ -126,6 +129,13 @@ def run(
     fl_public_address: Annotated[
         str | None, typer.Option(help="HOST:PORT devices dial for the SuperLink (default: bound).")
     ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A Host name the HTTP API answers to besides 127.0.0.1/localhost/::1 "
+            "(repeatable; *.example.com for subdomains). Others get 400 bad-host.",
+        ),
+    ] = None,
 ) -> None:
     """Run ingest, the registry, the HTTP API and the dashboard until interrupted."""
     host, port = parse_hostport(http)
@@ -152,8 +162,10 @@ def run(
         dashboard=DashboardSettings() if dashboard else None,
         series_limits=SeriesLimits(max_devices=metrics_max_devices),
         fl=_fl_settings(workdir, fl_signing_key, fl_superlink, fl_public_address),
+        allowed_hosts=tuple(allowed_host or ()),
     )
     console = Console(stderr=True)
+    first_start = not (workdir / "auth.db").exists()
     cloud = Cloud(config)
 
     def _terminate(_sig: int, _frame: object) -> None:
@@ -170,11 +182,23 @@ def run(
             f"edgefleet cloud: dashboard {cloud.http_url}/  API {cloud.http_url}/docs  "
             f"broker {cloud.broker_url}  db {cloud.db_url}"
         )
+        _print_admin_token(console, cloud, workdir, first_start=first_start)
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             console.print("stopping")
+
+
+def _print_admin_token(console: Console, cloud: Cloud, workdir: Path, *, first_start: bool) -> None:
+    path = workdir / "admin.token"
+    if first_start and cloud.admin_token:
+        # Shown once, at the start that made it; afterwards only where it is kept.
+        console.print(f"API admin token (shown once; also in {path}, mode 0600):")
+        console.print(f"  {cloud.admin_token}", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"API admin token: {path} (`edgefleet cloud token create` for more)")
+    console.print(f"dashboard login: {cloud.http_url}/login with an API token")
 
 
 def _worker_mode(value: str) -> WorkerMode:
@@ -208,9 +232,10 @@ def devices(
         str, typer.Option(help="Base URL of the cloud API.")
     ] = "http://127.0.0.1:8080",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    token: TokenOption = None,
 ) -> None:
     """List devices: online, last seen, model, health, outbox."""
-    rows = CloudClient(cloud).devices()
+    rows = CloudClient(cloud, token=token).devices()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from edgefleet.cloud.auth.cli import TokenOption
 from edgefleet.cloud.client import CloudClient
 
 app = typer.Typer(
@@ -31,9 +32,10 @@ def forget(
     cloud: Annotated[
         str, typer.Option(help="Base URL of the cloud API.")
     ] = "http://127.0.0.1:8080",
+    token: TokenOption = None,
 ) -> None:
     """Forget an offline device (state, tags, profile); its telemetry stays unless --purge."""
-    result = CloudClient(cloud).forget(device_id, purge=purge)
+    result = CloudClient(cloud, token=token).forget(device_id, purge=purge)
     rows = {t: n for t, n in result["deleted"].items() if t != "devices" and n}
     kept = "its telemetry is kept" if not purge else f"purged {sum(rows.values())} row(s)"
     detail = f" ({', '.join(f'{t} {n}' for t, n in sorted(rows.items()))})" if rows else ""

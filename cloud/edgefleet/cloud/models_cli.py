@@ -14,6 +14,7 @@ from rich.live import Live
 from rich.table import Table
 
 from edgefleet.cloud.assignments import parse_ref
+from edgefleet.cloud.auth.cli import TokenOption
 from edgefleet.cloud.client import CloudClient
 from edgefleet.cloud.errors import CloudError
 from edgefleet.protocol.errors import BundleError, ConfigError
@@ -54,11 +55,12 @@ CloudOption = Annotated[str, typer.Option(help="Base URL of the cloud API.")]
 def push(
     bundle: Annotated[Path, typer.Argument(help="A signed bundle archive (.tar.gz).")],
     cloud: CloudOption = "http://127.0.0.1:8080",
+    token: TokenOption = None,
 ) -> None:
     """Upload a signed bundle; the cloud refuses it unless a trusted key signed it."""
     if not bundle.is_file():
         raise ConfigError(f"{bundle} is not a file: pack the bundle first (a .tar.gz)")
-    model = CloudClient(cloud).push(bundle.read_bytes())
+    model = CloudClient(cloud, token=token).push(bundle.read_bytes())
     Console().print(
         f"registered {model['name']}@{model['version']}  sha256 {model['sha256'][:16]}...  "
         f"{model['size']} bytes  signed by {model['key_id']}"
@@ -88,6 +90,7 @@ def assign(
         float, typer.Option(help="With --wait: seconds to wait for the answers.", min=0.1)
     ] = 300.0,
     cloud: CloudOption = "http://127.0.0.1:8080",
+    token: TokenOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the assignment as JSON.")] = False,
 ) -> None:
     """Send a model version to devices and show each target's state."""
@@ -98,7 +101,7 @@ def assign(
     )
     if allow_task_change:
         selector["allow_task_change"] = True
-    client = CloudClient(cloud)
+    client = CloudClient(cloud, token=token)
     a = client.assign(ref, **selector)
     console = Console()
     if wait:
@@ -209,10 +212,11 @@ def _verdict(a: dict[str, Any]) -> None:
 def delete(
     ref: Annotated[str, typer.Argument(help="NAME@VERSION of a registered model.")],
     cloud: CloudOption = "http://127.0.0.1:8080",
+    token: TokenOption = None,
 ) -> None:
     """Unregister a version and its archive; refused while a device serves it or it is in flight."""
     name, version = parse_ref(ref)
-    model = CloudClient(cloud).delete_model(name, version)
+    model = CloudClient(cloud, token=token).delete_model(name, version)
     Console().print(
         f"deleted {model['name']}@{model['version']} (sha256 {model['sha256'][:16]}...)"
     )

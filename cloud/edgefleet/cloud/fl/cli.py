@@ -146,6 +146,15 @@ def start(
             "needs --cloud or --db.",
         ),
     ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="EDGEFLEET_TOKEN",
+            help="With --cloud: an operator API token (env EDGEFLEET_TOKEN).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run a SuperLink and a ServerApp for R rounds, then register the result."""
     if cloud is not None and (secagg or tls_dir or node_key):
@@ -160,7 +169,7 @@ def start(
             "margin": margin, "from_version": from_version,
             "dp": dp, "dp_noise": dp_noise, "dp_clip": dp_clip,
         }  # fmt: skip
-        _in_cloud(cloud, body, timeout=timeout, every=every)
+        _in_cloud(cloud, body, timeout=timeout, every=every, token=token)
         return
     if every is not None or device or assign:
         raise FlSettingsError("--every, --device and --assign need --cloud URL")
@@ -297,13 +306,15 @@ def _link_security(tls_dir: Path | None, node_keys: list[Path]) -> LinkSecurity:
     return LinkSecurity(tls, tuple(node_keys))
 
 
-def _in_cloud(url: str, body: dict[str, Any], *, timeout: float, every: float | None) -> None:
+def _in_cloud(
+    url: str, body: dict[str, Any], *, timeout: float, every: float | None, token: str | None
+) -> None:
     """Start the run in a cloud (``POST /v1/fl/runs``) and follow it; again every ``every`` s."""
     from edgefleet.cloud.client import CloudClient
 
     if every is not None and every <= 0:
         raise FlSettingsError("--every must be a positive number of seconds")
-    client = CloudClient(url)
+    client = CloudClient(url, token=token)
     console = Console(stderr=True)
     while True:
         began = time.monotonic()
