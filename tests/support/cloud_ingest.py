@@ -13,6 +13,7 @@ from edgefleet.cloud.metrics import CloudMetrics
 from edgefleet.cloud.node import CloudNode
 from edgefleet.cloud.store import open_store
 from edgefleet.cloud.store.base import TelemetryStore
+from support.trust import command_private_key
 
 
 def unique_fleet() -> str:
@@ -30,7 +31,12 @@ def running_ingest(
     **overrides: object,
 ) -> Iterator[list[IngestWorker]]:
     """Run ``workers`` ingest workers (shared subscription when more than one)."""
-    base = IngestSettings(broker_url=broker_url, fleet=fleet, batch_max_delay_s=0.02)
+    base = IngestSettings(
+        broker_url=broker_url,
+        fleet=fleet,
+        batch_max_delay_s=0.02,
+        command_key=str(command_private_key()),
+    )
     base = replace(base, **overrides)  # type: ignore[arg-type]
     node = CloudNode()
     metrics = CloudMetrics()

@@ -12,12 +12,13 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.protocol import topics
-from edgefleet.protocol.codec import decode, encode
+from edgefleet.protocol.codec import decode
 from edgefleet.protocol.errors import DecodeError
 from edgefleet.protocol.messages import (
     CommandAck,
@@ -29,6 +30,22 @@ from edgefleet.protocol.messages import (
     ranges_of,
     record_seqs,
 )
+from support.trust import sign_command, signed_payload
+
+
+class _SigningClient(mqtt.Client):
+    """A paho client whose publishes on command topics are signed by the test command key.
+
+    Tests publish commands through ``acker.client`` the way the cloud would; the cloud signs
+    every command, so this one does too (a payload that is signed already goes as it is).
+    """
+
+    def publish(  # type: ignore[override]
+        self, topic: str, payload: bytes | bytearray | str | None = None, *a: Any, **kw: Any
+    ) -> mqtt.MQTTMessageInfo:
+        if isinstance(payload, bytes | bytearray):
+            payload = signed_payload(topic, bytes(payload))
+        return super().publish(topic, payload, *a, **kw)
 
 
 class CommitAcker:
@@ -47,7 +64,9 @@ class CommitAcker:
         self.paused = False
         self._cond = threading.Condition()
         self._seq = 0
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=node, clean_session=True)
+        self.client = _SigningClient(
+            CallbackAPIVersion.VERSION2, client_id=node, clean_session=True
+        )
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
         self.client.reconnect_delay_set(0.1, 1)
@@ -94,9 +113,8 @@ class CommitAcker:
                 sent_at=time.time(),
                 ranges=ranges_of(message.boot_id, seqs),
             )
-            client.publish(
-                topics.command(self.fleet, message.device_id, "commit"), encode(commit), qos=1
-            )
+            topic = topics.command(self.fleet, message.device_id, "commit")
+            client.publish(topic, sign_command(topic, commit), qos=1)
 
     def pause(self) -> None:
         """Stop committing (an ingest outage): records are still received and stored."""

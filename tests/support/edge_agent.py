@@ -21,6 +21,7 @@ from edgefleet.protocol.codec import decode
 from edgefleet.protocol.errors import DecodeError
 from edgefleet.protocol.messages import Status
 from support.mqtt import Probe, Received
+from support.trust import command_public_key
 
 T = TypeVar("T")
 
@@ -34,9 +35,20 @@ def agent_toml(
     keys: list[Path] | None = None,
     extra: str = "",
     source: str = "",
+    command_keys: list[Path] | None = None,
+    record_key: Path | None = None,
 ) -> str:
-    """A config for a fast test agent talking to the broker on ``port``."""
+    """A config for a fast test agent talking to the broker on ``port``.
+
+    The agent trusts the test command key (support.trust) unless ``command_keys`` says
+    otherwise (``[]``: an agent that refuses every command).
+    """
     keys = keys or []
+    cmd_keys = [command_public_key()] if command_keys is None else command_keys
+    trust = "command_keys = [" + ", ".join(f'"{k}"' for k in cmd_keys) + "]\n"
+    if record_key is not None:
+        trust += f'record_key = "{record_key}"\n'
+
     model = ""
     if bundle is not None:
         model = f'bundle = "{bundle}"\n'
@@ -65,6 +77,8 @@ realtime = true
 [model]
 {model}trusted_keys = [{key_list}]
 
+[trust]
+{trust}
 [uplink]
 batch_max = 50
 flush_interval_s = 0.05

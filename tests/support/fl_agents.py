@@ -16,6 +16,7 @@ from edgefleet.edge.fl.errors import NoTrainingData
 from edgefleet.protocol import bundle
 from support.edge_agent import AgentThread, agent_toml, make_config
 from support.models_zoo import Zoo
+from support.trust import command_private_key
 
 MODEL = "vibration-anomaly"
 FL_KEYS = """
@@ -80,6 +81,7 @@ def start_setup(
     """
     cloud = Cloud(
         CloudConfig(
+            command_key=command_private_key(),
             workdir=tmp_path / "cloud",
             broker_url=broker_url,
             http_port=0,

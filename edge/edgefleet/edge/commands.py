@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import msgspec
 
+from edgefleet.edge.config import AgentConfig
 from edgefleet.edge.sequencer import Sequencer
 from edgefleet.edge.uplink import Uplink
 from edgefleet.protocol import topics
 from edgefleet.protocol.codec import check_topic, decode
-from edgefleet.protocol.errors import EdgefleetError, ProtocolError
+from edgefleet.protocol.commandauth import CommandGuard, load_command_keys, load_record_key
+from edgefleet.protocol.errors import AuthError, EdgefleetError, ProtocolError
 from edgefleet.protocol.messages import (
     AssignModel,
     Command,
@@ -29,6 +33,13 @@ from edgefleet.protocol.messages import (
 
 log = logging.getLogger(__name__)
 _REMEMBER = 256
+# A flood of forged commands must not flood the log (or the outbox: refusals are counted in
+# health, never queued as events), so a refusal is logged at most this often.
+_LOG_EVERY_S = 10.0
+NO_COMMAND_KEYS = (
+    "no [trust] command_keys configured: every command (commit-acks too) is refused; "
+    "copy the cloud's keys/command.pub to the device and list it there"
+)
 
 
 class _Peek(msgspec.Struct):
@@ -41,6 +52,11 @@ class AgentControl(Protocol):
     A new command is one handler in :class:`CommandHandler` plus, where it acts on the
     agent, one method here.
     """
+
+    @property
+    def cfg(self) -> AgentConfig:
+        """The agent's settings (``[trust]`` holds the command keys)."""
+        ...
 
     @property
     def device_id(self) -> str:
@@ -103,6 +119,14 @@ class CommandHandler:
         self._done: OrderedDict[str, CommandAck | None] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self.rejected = 0
+        trust = agent.cfg.trust
+        self.record_key = load_record_key(Path(trust.record_key)) if trust.record_key else None
+        keys = load_command_keys(trust.command_keys) if trust.command_keys else []
+        self.guard = CommandGuard(agent.device_id, keys, self.record_key, clock=agent.clock)
+        self.trust_error = None if keys else NO_COMMAND_KEYS
+        self._logged_at = -_LOG_EVERY_S
+        if self.trust_error:
+            log.error("%s: %s", agent.device_id, self.trust_error)
 
     def handle(self, topic: str, payload: bytes) -> None:
         """Handle one message from a command subscription (event-loop thread)."""
@@ -119,6 +143,10 @@ class CommandHandler:
         except ProtocolError as exc:
             self._bad(topic, exc, payload, parsed.name)
             return
+        if self._authentic(topic, payload, msg):
+            self._dispatch(msg)
+
+    def _dispatch(self, msg: Any) -> None:
         if isinstance(msg, Commit):
             self._spawn(self._commit(msg))
             return
@@ -131,7 +159,7 @@ class CommandHandler:
         self._done[msg.command_id] = None
         while len(self._done) > _REMEMBER:
             self._done.popitem(last=False)
-        if msg.expires_at is not None and msg.expires_at < self.agent.clock():
+        if msg.expires_at is not None and msg.expires_at < self.guard.now():
             self.ack(msg, "refused", "expired", "the command expired before it arrived")
             return
         if isinstance(msg, AssignModel):
@@ -144,6 +172,31 @@ class CommandHandler:
         else:
             assert isinstance(msg, StartTraining)  # COMMANDS lists no other kinds
             self._spawn(self.agent.start_training(msg))
+
+    def _authentic(self, topic: str, payload: bytes, msg: Any) -> bool:
+        """Whether ``msg`` passed the command check; a refusal is counted, never acked.
+
+        No ack and no event: either would let a forger make the device publish (and queue in
+        its outbox) at the forger's rate.
+        """
+        if self.trust_error:
+            self.guard.refused["no-command-keys"] += 1
+            self._log_refusal(topic, self.trust_error)
+            return False
+        try:
+            self.guard.check(topic, payload, msg)
+        except AuthError as exc:
+            self._log_refusal(topic, f"{exc.reason}: {exc}")
+            return False
+        return True
+
+    def _log_refusal(self, topic: str, why: str) -> None:
+        now = time.monotonic()
+        if now - self._logged_at < _LOG_EVERY_S:
+            return
+        self._logged_at = now
+        total = sum(self.guard.refused.values())
+        log.warning("refused command on %s: %s (%d refused so far)", topic, why, total)
 
     async def _commit(self, msg: Commit) -> None:
         await self.agent.uplink.on_commit(msg)

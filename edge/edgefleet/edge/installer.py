@@ -17,7 +17,8 @@ from edgefleet.edge.runtime import load_runtime
 from edgefleet.edge.slots import Slots
 from edgefleet.edge.sources import Source
 from edgefleet.edge.verify import Verifier
-from edgefleet.protocol.errors import EdgefleetError
+from edgefleet.protocol.errors import BundleError, EdgefleetError
+from edgefleet.protocol.manifest import semver_key
 from edgefleet.protocol.messages import AssignModel, DeviceProfile
 
 # One logger name for every line the agent writes, whichever of its role modules writes it.
@@ -166,6 +167,26 @@ class Installer:
             pipe.hop,
         )
 
+    def _check_not_older(self, cmd: AssignModel, before: tuple[str | None, str | None]) -> None:
+        """Refuse a version older than the one serving unless the signed command says rollback.
+
+        An attacker who replays an old, validly signed bundle must not be able to bring back
+        a version with a known flaw; an operator who means it sets ``rollback``.
+        """
+        name, version = before
+        if cmd.rollback or name != cmd.model or version is None:
+            return
+        try:
+            older = semver_key(cmd.version) < semver_key(version)
+        except ValueError:
+            return  # not semantic: the manifest check refuses it with its own reason
+        if older:
+            raise BundleError(
+                f"{cmd.model}@{cmd.version} is older than {version}, which this device serves; "
+                "assign it with --rollback if that is intended",
+                reason="downgrade",
+            )
+
     async def assign_model(self, cmd: AssignModel) -> None:
         """Download, verify, check, smoke-test and activate a bundle; ack the outcome."""
         if self._busy:
@@ -186,6 +207,7 @@ class Installer:
             serving,
         )
         try:
+            self._check_not_older(cmd, before)
             d = self.delivery
             archive = await loop.run_in_executor(self.io_executor, d.fetch, cmd)
             try:
@@ -193,6 +215,13 @@ class Installer:
             finally:
                 # Unpacked (or refused): the archive is no longer needed on the SD card.
                 await loop.run_in_executor(self.io_executor, d.forget, archive)
+            expires = staged.bundle.manifest.expires_at
+            if expires is not None and expires < self.commands.guard.now():
+                raise BundleError(
+                    f"the bundle's manifest expired at {expires:.0f} (cloud time); "
+                    "build and sign a fresh one",
+                    reason="bundle-expired",
+                )
             runtime = await loop.run_in_executor(
                 self.executor,
                 d.smoke_test,

@@ -14,6 +14,7 @@ from edgefleet.edge.transport.mqtt import MqttTransport, Will
 from edgefleet.edge.uplink import Uplink
 from edgefleet.protocol import topics
 from edgefleet.protocol.codec import Codec
+from edgefleet.protocol.commandauth import seal_record
 from edgefleet.protocol.messages import Status
 
 
@@ -51,7 +52,10 @@ class Link(LinkHandler):
 
     def on_connected(self) -> None:
         """Replay the outbox on every new session."""
-        self._uplink().on_connected()
+        up = self._uplink()
+        up.record_key = self.commands.record_key
+        up.command_refusals = self.commands.guard.refused
+        up.on_connected()
 
     def on_disconnected(self) -> None:
         """Nothing to undo: unacknowledged rows stay in the outbox."""
@@ -83,7 +87,11 @@ class Link(LinkHandler):
             model_version=version,
             profile=self.installer.profile(),
         )
-        return topics.status(self.fleet, self.device_id), self.codec.encode(msg)
+        topic, payload = topics.status(self.fleet, self.device_id), self.codec.encode(msg)
+        key = self.commands.record_key
+        if key is not None:
+            payload = seal_record(key, topic, payload, self.device_id)
+        return topic, payload
 
     def birth(self) -> tuple[str, bytes]:
         """The retained "online" status sent on every connection."""

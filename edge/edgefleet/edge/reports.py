@@ -7,6 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Literal
 
+from edgefleet.edge.commands import NO_COMMAND_KEYS
 from edgefleet.edge.config import AgentConfig
 from edgefleet.edge.health import LatencyWindow, SystemProbe
 from edgefleet.edge.pipeline import Pipeline
@@ -92,6 +93,8 @@ class Reports:
                 latency_ms_p99=pct[2] if pct else None,
                 outbox_depth=up.depth,
                 outbox_drops=up.drops,
+                commands_refused=dict(up.command_refusals),
+                trust_error=None if self._config().trust.command_keys else NO_COMMAND_KEYS,
             )
 
         up.add_message("health", topic, build)

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +31,7 @@ from edgefleet.edge.sequencer import Sequencer
 from edgefleet.edge.transport.base import Transport
 from edgefleet.protocol import topics
 from edgefleet.protocol.codec import MAX_PAYLOAD_BYTES, Codec
+from edgefleet.protocol.commandauth import seal_record
 from edgefleet.protocol.messages import (
     Commit,
     CommitRange,
@@ -204,6 +205,13 @@ class Uplink:
         self._flush_lock = asyncio.Lock()
         self._stopping = False
         self.counters = UplinkCounters()
+        # Set by the link before the first publish ([trust] record_key): every message sent
+        # carries a MAC by it, computed at send time, so rows stored before it was set or by
+        # an older agent go out MAC'd too.
+        self.record_key: bytes | None = None
+        # Commands refused by their authentication, by reason (the link points it at the
+        # command guard's counter): reported in health.
+        self.command_refusals: Mapping[str, int] = {}
         self.depth = outbox.depth
         self.drops = outbox.drops
         self.backlog = BacklogMonitor(device_id, outbox.drops)
@@ -451,6 +459,8 @@ class Uplink:
                 if t.pending >= self.cfg.max_pending_publishes:
                     return
                 topic, payload, count = self._message(batch)
+                if self.record_key is not None:
+                    payload = seal_record(self.record_key, topic, payload, self.device_id)
                 if not t.publish(topic, payload):
                     return
                 self._cursor = batch[-1].id

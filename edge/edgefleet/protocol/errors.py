@@ -56,6 +56,12 @@ class InvalidMessage(DecodeError):
     reason = "invalid"
 
 
+class AuthError(ProtocolError):
+    """A message's signature or MAC does not vouch for it; ``reason`` says how it failed."""
+
+    reason = "bad-signature"
+
+
 class BundleError(EdgefleetError):
     """A model bundle is refused; ``reason`` says why in one word."""
 

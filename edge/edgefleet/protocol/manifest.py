@@ -24,6 +24,20 @@ SEMVER = re.compile(
     r"(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
 )
 
+
+def semver_key(version: str) -> tuple[int, int, int, int, tuple[tuple[int, int | str], ...]]:
+    """A sort key for a semantic version (a pre-release sorts before its release)."""
+    m = SEMVER.match(version)
+    if m is None:
+        raise ValueError(f"version {version!r} is not semantic (MAJOR.MINOR.PATCH)")
+    core, _, rest = version.partition("+")[0].partition("-")
+    major, minor, patch = (int(x) for x in core.split("."))
+    if not rest:
+        return major, minor, patch, 1, ()
+    parts = tuple((0, int(p)) if p.isdigit() else (1, p) for p in rest.split("."))
+    return major, minor, patch, 0, parts
+
+
 DType = Literal["float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool"]
 Runtime = Literal["litert", "onnx"]
 FileRole = Literal["model", "train", "golden", "card", "labels", "other"]
@@ -139,6 +153,9 @@ class BundleManifest(Struct, frozen=True, kw_only=True):
     description: str = ""
     created_at: Timestamp = 0.0
     files: list[FileEntry] = []
+    # After this time (seconds since the epoch, by the cloud's clock as the agent knows it)
+    # the agent refuses to install the bundle; None: it does not expire.
+    expires_at: Timestamp | None = None
 
     def __post_init__(self) -> None:
         if not SEMVER.match(self.version):

@@ -41,11 +41,40 @@ Scalar = str | int | float | bool | None
 # cannot carry (docs/protocol.md, "Numbers"). A Sequence, so that producers pass list[float].
 Values = Sequence[float | None]
 MAX_BATCH = 1000
+# An Ed25519 signature (64 bytes) or an HMAC-SHA256 (32 bytes), base64url without padding.
+SigText = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]*$", max_length=128)]
+
+
+class Auth(Struct, frozen=True, kw_only=True):
+    """Who vouches for a message (docs/protocol.md, "Signatures and MACs").
+
+    Commands carry a signature by the cloud's command key (``ed25519``) or, for a commit-ack,
+    a MAC by the device's record key (``hmac-sha256``); device messages carry that MAC. The
+    signed bytes are the payload itself with ``sig`` emptied, so ``sig`` is the first field of
+    the first field after ``schema``, where a verifier finds it without decoding
+    (:mod:`edgefleet.protocol.commandauth`).
+    """
+
+    sig: SigText = ""
+    alg: Literal["ed25519", "hmac-sha256"]
+    # ed25519: the signing key's id (edgefleet.protocol.signing.key_id); hmac: the device id.
+    key_id: Annotated[str, Meta(max_length=64)]
+    # Commands only: the device the command is for, or "_all" for a fleet broadcast.
+    target: Id | None = None
+    # Commands only: the signing instance (one per cloud process) and its sequence number,
+    # strictly increasing per signer; the agent keeps a sliding window per signer (replays).
+    signer: Id | None = None
+    cseq: Seq | None = None
+    # Commands only: the cloud's clock when it signed, and when the command stops being valid.
+    issued_at: Timestamp | None = None
+    expires_at: Timestamp | None = None
 
 
 class Envelope(Struct, frozen=True, kw_only=True, tag_field="schema"):
     """Fields every edgefleet payload carries; the ``schema`` tag comes from the subclass."""
 
+    # First, so that it is encoded right after ``schema`` (see Auth); None: not authenticated.
+    auth: Auth | None = None
     device_id: Id
     boot_id: BootId
     seq: Seq
@@ -103,6 +132,11 @@ class Health(Envelope, frozen=True, kw_only=True, tag="health/1"):
     latency_ms_p99: float | None = None
     outbox_depth: Count = 0
     outbox_drops: Count = 0
+    # Commands refused by their authentication, by reason ("unsigned", "bad-signature",
+    # "wrong-device", "replayed", "expired", "no-command-keys"), since the agent started.
+    commands_refused: dict[str, Count] = {}
+    # Why this agent cannot accept any command (no [trust] command_keys); None when it can.
+    trust_error: Text | None = None
 
 
 class InferenceRecord(Struct, frozen=True, kw_only=True):
@@ -221,6 +255,9 @@ class AssignModel(Command, frozen=True, kw_only=True, tag="assign-model/1"):
     rollout_id: str | None = None
     # The operator repurposes the device: another task or label set than it serves now.
     allow_task_change: bool = False
+    # The operator assigns an older version on purpose; without it the agent refuses a
+    # version older than the one it serves (downgrade protection).
+    rollback: bool = False
 
 
 class SetConfig(Command, frozen=True, kw_only=True, tag="set-config/1"):

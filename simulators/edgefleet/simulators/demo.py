@@ -43,6 +43,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from edgefleet.cloud.commandsigner import ensure_command_key
 from edgefleet.cloud.store.base import Assignment
 from edgefleet.edge.agent import Agent
 from edgefleet.edge.config import AgentConfig
@@ -123,6 +124,7 @@ class Trainers:
                 device, fleet, data_dir=sim.workdir / "trainers" / device,
                 host=url.hostname or "127.0.0.1", port=url.port or 1883, bundle=bundle,
                 public_key=sim.bundles.public_key, seed=900 + i,
+                command_key=ensure_command_key(sim.workdir / "cloud")[1],
             )
             for i, device in enumerate(self.ids)
         ]  # fmt: skip
@@ -192,12 +194,14 @@ def _trainer_config(
     bundle: Path,
     public_key: Path,
     seed: int,
+    command_key: Path,
 ) -> AgentConfig:
     raw: dict[str, Any] = {
         "device": {"id": device, "fleet": fleet, "data_dir": str(data_dir)},
         "mqtt": {"host": host, "port": port, "reconnect_max_s": 2.0, "keepalive_s": 10},
         "source": {"kind": "simulated", "signal": "vibration", "seed": seed, "chunk": 40},
         "model": {"bundle": str(bundle), "trusted_keys": [str(public_key)]},
+        "trust": {"command_keys": [str(command_key)]},
         "outbox": {"synchronous": "normal"},
         "health": {"interval_s": 5.0},
         "drift": {"every_windows": 200},

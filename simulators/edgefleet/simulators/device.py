@@ -75,6 +75,8 @@ class DeviceContext:
     db_pools: list[Executor]
     io: Executor
     tuning: Tuning = field(default_factory=Tuning)
+    # Public keys the agents accept commands from (the cloud's command.pub).
+    command_keys: tuple[Path, ...] = ()
     # Group name -> loopback port of its partition proxy (groups the timeline may cut off).
     proxies: dict[str, int] = field(default_factory=dict)
     # Set at the run's go: sources hold their first reading until then (None: no gate).
@@ -161,6 +163,7 @@ class SimDevice:
                 "bundle": str(bundle) if bundle else None,
                 "trusted_keys": [str(k) for k in c.trusted_keys],
             },
+            "trust": {"command_keys": [str(k) for k in c.command_keys]},
             "uplink": {
                 "batch_max": t.batch_max,
                 "flush_interval_s": t.flush_interval_s,

@@ -28,6 +28,7 @@ from rich.live import Live
 from edgefleet.cloud.app import Cloud, CloudConfig
 from edgefleet.cloud.broker import BrokerProcess, EmbeddedBroker, MosquittoBroker
 from edgefleet.cloud.broker.mosquitto import mosquitto_available
+from edgefleet.cloud.commandsigner import ensure_command_key
 from edgefleet.cloud.store import open_store
 from edgefleet.cloud.store.base import TERMINAL_STATES
 from edgefleet.protocol.errors import ConfigError
@@ -297,6 +298,7 @@ class Simulation:
                     workdir=self.workdir,
                     bundles=self.bundle_dirs,
                     trusted_keys=(self.bundles.public_key,),
+                    command_keys=(ensure_command_key(self.workdir / "cloud")[1],),
                     tuning=self.options.tuning,
                     proxied_groups=proxied,
                     drain_timeout=self.options.drain_timeout,

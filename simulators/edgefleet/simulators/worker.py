@@ -48,6 +48,8 @@ class WorkerSpec:
     bundles: dict[str, Path]
     trusted_keys: tuple[Path, ...]
     tuning: Tuning = field(default_factory=Tuning)
+    # Public keys the agents accept commands from (the cloud's command.pub).
+    command_keys: tuple[Path, ...] = ()
     proxied_groups: tuple[str, ...] = ()
     drain_timeout: float = 90.0
 
@@ -126,6 +128,7 @@ class Worker:
             workdir=spec.workdir,
             bundles=spec.bundles,
             trusted_keys=spec.trusted_keys,
+            command_keys=spec.command_keys,
             infer=infer,
             db_pools=list(db),
             io=io,

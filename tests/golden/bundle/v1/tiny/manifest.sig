@@ -1,1 +1,1 @@
-{"alg":"ed25519","key_id":"46f095e27e13f9dc","sig":"7IkpmN7xOX+TQQoAC/X8Bq4GEA16Yq57FWaUKknViPkLxpxdV8vEjFdkkWPv48b91Mg1uTsuTrtmP/Iu+aYPCQ=="}
+{"alg":"ed25519","key_id":"46f095e27e13f9dc","sig":"bTo1adr1qfMhVMw2EyR0woXM42/1W+MGdbaUCPUTvqpef62U/nB6Z18hkxTkYPW0Fnsc8Jy0Y3NYVXSpuDoKBA=="}
