@@ -25,6 +25,7 @@ from edgefleet.cloud.broker import (
     free_port,
     mosquitto_available,
 )
+from edgefleet.cloud.commandsigner import CommandSigner, ensure_command_key
 from edgefleet.cloud.dashboard import Dashboard, DashboardSettings, mount_dashboard
 from edgefleet.cloud.dashboard.prometheus import SeriesLimits, register_device_metrics
 from edgefleet.cloud.errors import CloudError
@@ -40,6 +41,7 @@ from edgefleet.cloud.publisher import CommandPublisher
 from edgefleet.cloud.registry import ModelRegistry
 from edgefleet.cloud.store import open_store
 from edgefleet.cloud.store.base import TelemetryStore
+from edgefleet.cloud.trust import RecordMacPolicy
 from edgefleet.protocol.errors import ConfigError
 from edgefleet.protocol.signing import load_public_key
 
@@ -111,6 +113,12 @@ class CloudConfig:
     allowed_hosts: tuple[str, ...] = ()
     # Largest `POST /v1/models` body (413 over it).
     max_upload_bytes: int = 64 * 1024 * 1024
+    # The command-signing key (PEM, Ed25519); None: <workdir>/keys/command.key, made at first
+    # start. Agents list its public half in `[trust] command_keys`.
+    command_key: Path | None = None
+    # Devices without a registered record key: accepted unauthenticated ("when-registered",
+    # the laptop default, said at start) or quarantined ("required").
+    record_macs: RecordMacPolicy = "when-registered"
 
     def __post_init__(self) -> None:
         # Children (Mosquitto, Flower's ServerApp, ingest workers) run in other directories:
@@ -119,6 +127,8 @@ class CloudConfig:
         set_(self, "workdir", absolute(self.workdir))
         if self.registry_dir is not None:
             set_(self, "registry_dir", absolute(self.registry_dir))
+        if self.command_key is not None:
+            set_(self, "command_key", absolute(self.command_key))
         set_(self, "trusted_keys", tuple(absolute(p) for p in self.trusted_keys))
         if self.db_url is not None:
             set_(self, "db_url", absolute_sqlite_url(self.db_url))
@@ -228,7 +238,10 @@ class Cloud:
         self.registry = ModelRegistry(
             cfg.registry_dir or cfg.workdir / "registry", self.store, keys
         )
+        command_key = self._command_key(cfg)
         base = IngestSettings(
+            command_key=str(command_key),
+            record_macs=cfg.record_macs,
             broker_url=self.broker_url,
             fleet=cfg.fleet,
             mqtt_version=version,
@@ -250,7 +263,10 @@ class Cloud:
         for w in self.workers:
             w.start(timeout)
         self.publisher = CommandPublisher(
-            self.broker_url, f"{cfg.node_id}-cmd-{secrets.token_hex(3)}", version=version
+            self.broker_url,
+            f"{cfg.node_id}-cmd-{secrets.token_hex(3)}",
+            version=version,
+            signer=CommandSigner(command_key),
         ).start(timeout)
         if self.http_port == 0:
             self.http_port = free_port(cfg.http_host or "127.0.0.1")
@@ -325,6 +341,25 @@ class Cloud:
             if time.monotonic() > deadline or not self._threads[0].is_alive():
                 raise CloudError(f"the HTTP API did not start on {self.http_url}")
             time.sleep(0.02)
+
+    def _command_key(self, cfg: CloudConfig) -> Path:
+        """The command-signing key: the configured one, or the workdir's (made if missing)."""
+        if cfg.command_key is not None:
+            return cfg.command_key
+        priv, pub, created = ensure_command_key(cfg.workdir)
+        log.warning(
+            "commands are signed with %s (%s); agents need its public key %s in "
+            "[trust] command_keys",
+            priv,
+            "created now" if created else "existing",
+            pub,
+        )
+        if cfg.record_macs == "when-registered":
+            log.warning(
+                "devices without a registered record key are accepted unauthenticated "
+                "(record_macs = when-registered, the laptop default); production: required"
+            )
+        return priv
 
     def _provisioner(self, cfg: CloudConfig, store: TelemetryStore) -> Provisioner:
         settings = cfg.identity or IdentitySettings(directory=cfg.workdir / "identity")

@@ -6,6 +6,7 @@ import threading
 
 import paho.mqtt.client as mqtt
 
+from edgefleet.cloud.commandsigner import CommandSigner
 from edgefleet.cloud.errors import CloudError
 from edgefleet.cloud.mqtt import BrokerAddress, MqttVersion, connect, make_client
 from edgefleet.protocol import codec
@@ -18,8 +19,17 @@ class CommandPublisher:
     It is separate from the ingest workers so that API requests never wait behind a batch.
     """
 
-    def __init__(self, broker_url: str, client_id: str, *, version: MqttVersion = "5") -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        client_id: str,
+        *,
+        version: MqttVersion = "5",
+        signer: CommandSigner | None = None,
+    ) -> None:
         self._address = BrokerAddress.parse(broker_url)
+        # Every command is signed by the cloud's command key; agents refuse unsigned ones.
+        self.signer = signer
         self._client, self._props = make_client(
             self._address, client_id, version=version, persistent=False
         )
@@ -40,7 +50,10 @@ class CommandPublisher:
 
     def publish(self, topic: str, message: Envelope, timeout: float = 10.0) -> None:
         """Publish at QoS 1 and wait for the broker's PUBACK."""
-        info = self._client.publish(topic, codec.encode(message), qos=1)
+        payload = (
+            self.signer.sign(topic, message) if self.signer is not None else codec.encode(message)
+        )
+        info = self._client.publish(topic, payload, qos=1)
         try:
             info.wait_for_publish(timeout)
         except (RuntimeError, ValueError) as exc:

@@ -26,6 +26,8 @@ class DeviceCommit(NamedTuple):
     fleet: str
     device: str
     ranges: list[CommitRange]
+    # The device's record key: the commit-ack is MAC'd with it (else signed by the command key).
+    mac_key: bytes | None = None
 
 
 @dataclass(slots=True)

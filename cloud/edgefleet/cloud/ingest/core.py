@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from edgefleet.cloud.errors import StoreError, StoreRefused
 from edgefleet.cloud.ingest.base import Chunk, DeviceCommit, Outcome, Raw
@@ -12,7 +13,9 @@ from edgefleet.cloud.ingest.batch import BatchBuilder, Unit
 from edgefleet.cloud.ingest.settings import IngestSettings
 from edgefleet.cloud.ingest.throttle import Throttle
 from edgefleet.cloud.store.base import IngestBatch, QuarantineEntry, TelemetryStore, WriteResult
+from edgefleet.cloud.trust import RecordKeys
 from edgefleet.protocol import codec, topics
+from edgefleet.protocol.commandauth import record_mac_ok
 from edgefleet.protocol.errors import EdgefleetError, TopicError
 from edgefleet.protocol.messages import ranges_of
 from edgefleet.protocol.topics import Kind
@@ -41,6 +44,7 @@ class IngestCore:
         self._builder = BatchBuilder()
         self._counts = Outcome()
         self._dirty = False
+        self.keys = RecordKeys(store)
 
     # -- messages ---------------------------------------------------------------------------
     def feed(self, chunk: Chunk) -> None:
@@ -83,8 +87,31 @@ class IngestCore:
         except EdgefleetError as exc:
             self._quarantine(now, exc.reason, name, topic.device, why=str(exc), data=payload)
             return
+        why = self._unauthentic(name, topic.device, payload, message)
+        if why is not None:
+            self._quarantine(now, why[0], name, topic.device, why=why[1], data=payload)
+            return
         self._builder.add(topic, message, now, payload)
         self._counts.valid += 1
+
+    def _unauthentic(
+        self, name: str, device: str, payload: Raw, message: Any
+    ) -> tuple[str, str] | None:
+        """(reason, detail) when a device message's record MAC does not vouch for it.
+
+        Checked before anything is stored: a forger who takes a device's next seqs is
+        quarantined (``impostor``), and the genuine records are stored when they come.
+        """
+        key = self.keys.get(device)
+        if key is None:
+            if self.settings.record_macs == "required":
+                return "unauthenticated", f"device {device!r} has no registered record key"
+            return None
+        if record_mac_ok(key, name, bytes(payload), message):
+            return None
+        if message.auth is None:
+            return "impostor", f"no record MAC, but device {device!r} has a record key"
+        return "impostor", f"the record MAC does not match device {device!r}'s key"
 
     def _over_limit(
         self, key: str, name: str, device: str | None, now: float, payload: Raw
@@ -180,7 +207,10 @@ class IngestCore:
                     into.setdefault(boot, []).extend(seqs)
         out.commits = [
             DeviceCommit(
-                fleet, device, [r for boot, seqs in boots.items() for r in ranges_of(boot, seqs)]
+                fleet,
+                device,
+                [r for boot, seqs in boots.items() for r in ranges_of(boot, seqs)],
+                self.keys.get(device),
             )
             for device, (fleet, boots) in commits.items()
         ]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from edgefleet.cloud.mqtt import BrokerAddress, MqttVersion
+from edgefleet.cloud.trust import RecordMacPolicy
 from edgefleet.protocol import topics
 
 LoopKind = Literal["drain", "paho"]
@@ -35,6 +36,11 @@ class IngestSettings:
     throttle_rate: float = 500.0
     throttle_burst: float = 5000.0
     session_expiry_s: int = 3600
+    # The cloud's command key (PEM): commit-acks are signed with it, or MAC'd with the
+    # device's record key where it has one. None: commit-acks go unsigned (agents refuse them).
+    command_key: str | None = None
+    # How a device without a registered record key is treated (edgefleet.cloud.trust).
+    record_macs: RecordMacPolicy = "when-registered"
 
     def __post_init__(self) -> None:
         BrokerAddress.parse(self.broker_url)

@@ -7,11 +7,13 @@ import selectors
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edgefleet.cloud.commandsigner import CommandSigner
 from edgefleet.cloud.errors import StoreError
 from edgefleet.cloud.ingest.base import Chunk, Outcome, Raw, Stage
 from edgefleet.cloud.ingest.settings import IngestSettings, IngestStats, WorkerMode
@@ -57,6 +59,9 @@ class IngestWorker:
         self.stats = IngestStats()
         self._address = BrokerAddress.parse(settings.broker_url)
         self._stage = STAGES[settings.mode](settings, store)
+        # One signer per worker (its own signer id and sequence): no counter is shared.
+        key = settings.command_key
+        self._signer = CommandSigner(Path(key)) if key else None
         self._chunk: list[tuple[bytes, Raw]] = []
         self._chunk_at = 0.0
         self._stop = threading.Event()
@@ -245,7 +250,8 @@ class IngestWorker:
     def _apply(self, o: Outcome) -> None:
         """Publish the commit-acks of a committed batch and count what the stage did."""
         now = time.time()
-        for fleet, device, ranges in o.commits:
+        signer = self._signer
+        for fleet, device, ranges, mac_key in o.commits:
             commit = Commit(
                 device_id=self.node.node_id,
                 boot_id=self.node.boot_id,
@@ -253,9 +259,13 @@ class IngestWorker:
                 sent_at=now,
                 ranges=ranges,
             )
-            self._client.publish(
-                topics.command(fleet, device, "commit"), codec.encode(commit), qos=1
+            topic = topics.command(fleet, device, "commit")
+            payload = (
+                signer.sign(topic, commit, mac_key=mac_key)
+                if signer is not None
+                else codec.encode(commit)
             )
+            self._client.publish(topic, payload, qos=1)
         st = self.stats
         st.commits += len(o.commits)
         st.records += o.records
