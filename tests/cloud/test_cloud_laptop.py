@@ -6,8 +6,8 @@ import base64
 import time
 from pathlib import Path
 
-import httpx
 import pytest
+from support.cloud_auth import api
 from support.cloud_devices import TestDevice
 
 from edgefleet.cloud import app as cloud_app
@@ -45,7 +45,7 @@ def test_cloud_without_broker_url_ingests_and_serves_http(
         store = cloud.store
         assert store is not None
         assert dev.wait(lambda: store.count("quarantine") == 1, 15)
-        with httpx.Client(base_url=cloud.http_url, timeout=30) as http:
+        with api(cloud, timeout=30) as http:
             assert http.get("/healthz").json() == {"ok": True, "schema": LATEST}
             fleet = http.get("/v1/fleet").json()
             assert (fleet["devices"], fleet["online"], fleet["offline"]) == (1, 1, 0)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.cloud_auth import auth_headers, token_env
+from support.cloud_auth import client as auth_client
 from typer.testing import CliRunner
 
 from edgefleet.cloud.app import Cloud, CloudConfig
@@ -40,7 +42,7 @@ def _refused(client: CloudClient, body: dict) -> EdgefleetError:
 
 
 def test_runs_that_cannot_start_are_refused_with_a_reason(cloud, mosquitto, tmp_path):
-    client = CloudClient(cloud.http_url)
+    client = auth_client(cloud)
     assert client.request("GET", "/v1/fl/runs") == []
     assert _refused(client, {"model": "no-such"}).reason == "unknown-model"
     err = _refused(client, {"model": "vibration-anomaly", "min_clients": 2})
@@ -85,11 +87,11 @@ def test_round_events_become_dashboard_rounds(cloud):
     assert rows[0]["metrics"]["holdout_roc_auc"] == 0.8
     assert StoreRounds(cloud.store).rounds(10) == []  # no model known, nothing read
     # The cloud's own source reads registered models and its runs' models: neither names this.
-    assert CloudClient(cloud.http_url).request("GET", "/dashboard/api/rounds") == []
+    assert auth_client(cloud).request("GET", "/dashboard/api/rounds") == []
 
 
 def test_cli_cloud_options(cloud):
-    runner = CliRunner()
+    runner = CliRunner(env=token_env(cloud))
     result = runner.invoke(fl_app, ["start", "--model", "digits", "--every", "60"])
     assert isinstance(result.exception, FlSettingsError)
     assert "need --cloud" in str(result.exception)
@@ -110,14 +112,16 @@ def test_cli_cloud_options(cloud):
 def test_from_version_must_be_registered(cloud, tmp_path):
     import httpx
 
-    client = CloudClient(cloud.http_url)
+    client = auth_client(cloud)
     err = _refused(client, {"model": "vibration-anomaly", "from_version": "9.9.9"})
     assert err.reason == "unknown-version"
     assert "vibration-anomaly@9.9.9 is not registered (registered versions: none)" in str(err)
     err = _refused(client, {"model": "vibration-anomaly", "from_version": "digits@1.0.0"})
     assert err.reason == "unknown-version"
     answer = httpx.post(
-        f"{cloud.http_url}/v1/fl/runs", json={"model": "digits", "from_version": "1.0.0"}
+        f"{cloud.http_url}/v1/fl/runs",
+        json={"model": "digits", "from_version": "1.0.0"},
+        headers=auth_headers(cloud),
     )
     assert answer.status_code == 422
     assert answer.json()["reason"] == "unknown-version"

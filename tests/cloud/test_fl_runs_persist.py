@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from support.cloud_auth import client as auth_client
 from support.cloud_devices import TestDevice
 
 from edgefleet.cloud.app import Cloud, CloudConfig
-from edgefleet.cloud.client import CloudClient
 from edgefleet.cloud.fl.runs.journal import RunJournal
 from edgefleet.cloud.fl.runs.run import FlRun, FlRunRequest
 from edgefleet.cloud.fl.runs.service import FlServiceSettings
@@ -92,7 +92,7 @@ def test_a_failed_run_is_listed_by_the_next_cloud_process(mosquitto_factory, tmp
     cloud = Cloud(config).start()
     try:
         dev.birth()
-        client = CloudClient(cloud.http_url)
+        client = auth_client(cloud)
         deadline = time.monotonic() + 30
         while not any(d["device_id"] == "persist-1" for d in client.request("GET", "/v1/devices")):
             assert time.monotonic() < deadline, "the device never reached the store"
@@ -124,7 +124,7 @@ def test_a_failed_run_is_listed_by_the_next_cloud_process(mosquitto_factory, tmp
         dev.close()
     again = Cloud(config).start()
     try:
-        runs = CloudClient(again.http_url).request("GET", "/v1/fl/runs")
+        runs = auth_client(again).request("GET", "/v1/fl/runs")
         assert [r["id"] for r in runs] == [run_id]
         listed = runs[0]
         for key in ("state", "reason", "error", "rounds", "devices", "superlink", "settings"):
