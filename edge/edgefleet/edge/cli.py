@@ -116,6 +116,9 @@ def provision(
     config_dir: Annotated[
         Path, typer.Option(help="Where to write agent.toml, the keys and certificates.")
     ] = Path("/etc/edgefleet"),
+    bundle: Annotated[
+        Path | None, typer.Option(help="A signed bundle to serve until the cloud assigns one.")
+    ] = None,
     force: Annotated[
         bool, typer.Option(help="Replace an identity already in --config-dir.")
     ] = False,
@@ -123,7 +126,9 @@ def provision(
     """Make this device's key, claim its identity from the cloud, write its whole config."""
     from edgefleet.edge.provision import provision as run_provision
 
-    done = run_provision(cloud, token, config_dir, device_id=device_id, fleet=fleet, force=force)
+    done = run_provision(
+        cloud, token, config_dir, device_id=device_id, fleet=fleet, bundle=bundle, force=force
+    )
     Console().print(
         f"provisioned {done.device_id} in fleet {done.fleet} (certificate {done.serial}); "
         f"run: edgefleet agent check -c {done.config}",

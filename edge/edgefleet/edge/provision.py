@@ -153,7 +153,9 @@ def _toml_list(items: list[str]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
 
-def _config_text(answer: dict[str, Any], files: dict[str, Any], cloud: str) -> str:
+def _config_text(
+    answer: dict[str, Any], files: dict[str, Any], cloud: str, bundle: Path | None
+) -> str:
     host, port, tls = _broker(answer["broker_url"])
     mqtt = [f"host = {json.dumps(host)}", f"port = {port}", f"tls = {str(tls).lower()}"]
     if tls:
@@ -182,6 +184,7 @@ def _config_text(answer: dict[str, Any], files: dict[str, Any], cloud: str) -> s
             *mqtt,
             "",
             "[model]",
+            *([f"bundle = {json.dumps(str(bundle))}"] if bundle is not None else []),
             f"trusted_keys = {_toml_list(files['trusted_keys'])}",
             "",
             "[trust]",
@@ -209,15 +212,24 @@ def provision(
     *,
     device_id: str | None = None,
     fleet: str | None = None,
+    bundle: Path | None = None,
     force: bool = False,
     timeout: float = 30.0,
 ) -> Provisioned:
-    """Claim an identity from ``cloud`` with ``token`` and write the agent's config."""
+    """Claim an identity from ``cloud`` with ``token`` and write the agent's config.
+
+    ``bundle``: a signed bundle to serve from the first start (else the device waits for the
+    cloud to assign one, and ``agent check`` says it has no model).
+    """
     if device_id is not None:
         try:
             validate_id(device_id, "--device-id")
         except TopicError as exc:
             raise ConfigError(str(exc)) from None
+    if bundle is not None:
+        bundle = Path(bundle).expanduser().absolute()
+        if not bundle.exists():
+            raise ConfigError(f"--bundle {bundle} does not exist")
     d = Path(config_dir).expanduser().absolute()
     if (d / CONFIG_NAME).exists() and not force:
         raise ConfigError(
@@ -250,7 +262,7 @@ def provision(
     if answer.get("device_token"):
         _write(d / DEVICE_TOKEN, answer["device_token"].encode() + b"\n", 0o600)
     (d / "data").mkdir(mode=0o700, exist_ok=True)
-    _write(d / CONFIG_NAME, _config_text(answer, files, cloud).encode(), 0o600)
+    _write(d / CONFIG_NAME, _config_text(answer, files, cloud, bundle).encode(), 0o600)
     load_config(d / CONFIG_NAME)  # what agent check will read must be valid now
     return Provisioned(
         d / CONFIG_NAME, dev, str(answer["fleet"]), str(answer["serial"]), answer["not_after"]

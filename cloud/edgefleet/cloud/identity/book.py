@@ -221,7 +221,7 @@ class IdentityBook:
         return [_identity(r) for r in rows]
 
     def revoke(self, device_id: str) -> list[Identity]:
-        """Revoke every certificate of ``device_id``; the ones revoked now."""
+        """Revoke every certificate of ``device_id`` and mark it offline; the ones revoked now."""
         now = time.time()
         with self._store._lock, self._tx() as cur:
             rows = cur.query(
@@ -232,6 +232,11 @@ class IdentityBook:
                 "UPDATE identities SET state = 'revoked', revoked_at = ? "
                 "WHERE device_id = ? AND state <> 'revoked'",
                 (now, device_id),
+            )
+            # The broker cuts the session without its will, so no "offline" would ever come.
+            cur.execute(
+                "UPDATE devices SET online = 0, status_reason = 'revoked' WHERE device_id = ?",
+                (device_id,),
             )
         return [_identity(r) for r in rows]
 
