@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from edgefleet.edge.config import SAMPLE, load_config
+
+if TYPE_CHECKING:
+    from edgefleet.edge.install import Plan
 
 app = typer.Typer(
     help="Run and inspect the device agent.", no_args_is_help=True, add_completion=False
@@ -153,3 +156,106 @@ def renew(
         console.print("the certificate is not due for renewal", highlight=False)
     else:
         console.print(f"renewed: certificate {new.serial:x}", highlight=False)
+
+
+RootOpt = Annotated[
+    Path,
+    typer.Option(help="Install into this staging root instead of / (image builders, tests)."),
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Print every file and command; change nothing.")
+]
+
+
+def _run_plan(plan: Plan, dry_run: bool, action: str) -> None:
+    from edgefleet.edge.install import require_root
+
+    console = Console()
+    if dry_run:
+        for line in plan.describe():
+            console.print(line, highlight=False, soft_wrap=True, markup=False)
+        return
+    require_root(action)
+    plan.apply(lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False))
+    for note in plan.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True, markup=False)
+
+
+@app.command()
+def install(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Config to copy to /etc/edgefleet/agent.toml (default: the "
+            "one `edgefleet agent provision` wrote there).",
+        ),
+    ] = None,
+    *,
+    venv: Annotated[
+        str, typer.Option(help="The service's own venv (made and filled with pip if missing).")
+    ] = "/opt/edgefleet/venv",
+    use_current_venv: Annotated[
+        bool, typer.Option(help="Run the service with this Python instead of its own venv.")
+    ] = False,
+    package: Annotated[
+        str | None,
+        typer.Option(
+            help="What pip installs into the venv: a wheel file or a requirement "
+            "(default: edgefleet[edge] of this version)."
+        ),
+    ] = None,
+    start: Annotated[bool, typer.Option(help="Start the service now (else: enable only).")] = True,
+    root: RootOpt = Path("/"),
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Install the agent as a hardened systemd service (user, venv, config, unit)."""
+    from pathlib import PurePosixPath
+
+    from edgefleet.edge.install import InstallOptions, plan_install
+
+    opts = InstallOptions(
+        root=root, venv=PurePosixPath(venv), use_current_venv=use_current_venv, config=config,
+        package=package, start=start,
+    )  # fmt: skip
+    _run_plan(plan_install(opts), dry_run, "install")
+
+
+@app.command()
+def uninstall(
+    purge: Annotated[
+        bool, typer.Option(help="Also remove /etc/edgefleet, /var/lib/edgefleet and the user.")
+    ] = False,
+    root: RootOpt = Path("/"),
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Stop and remove the service and its venv; keeps config and data unless --purge."""
+    from edgefleet.edge.install import plan_uninstall
+
+    _run_plan(plan_uninstall(root, purge=purge), dry_run, "uninstall")
+
+
+@app.command()
+def upgrade(
+    package: Annotated[
+        str | None,
+        typer.Option(
+            help="What pip installs: a wheel file or a requirement (default: the "
+            "newest edgefleet[edge])."
+        ),
+    ] = None,
+    root: RootOpt = Path("/"),
+) -> None:
+    """pip install the new version into the service's venv, check it, restart; else roll back."""
+    from edgefleet.edge.install import InstallError, package_spec, require_root, upgrade
+
+    require_root("upgrade")
+    console = Console()
+    spec = package_spec(package) if package else None
+    done = upgrade(root, spec, echo=lambda s: console.print(s, highlight=False, markup=False))
+    if done.rolled_back:
+        raise InstallError(
+            f"the new version failed its check; rolled back to {done.after}: {done.detail}"
+        )
+    console.print(f"upgraded {done.before} -> {done.after}", highlight=False)
