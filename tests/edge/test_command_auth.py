@@ -46,7 +46,7 @@ def _set_config(cid: str, values: dict[str, object]) -> SetConfig:
     )
 
 
-def _wait(pred, timeout: float = 15.0) -> bool:  # noqa: ANN001 - a test predicate
+def _wait(pred, timeout: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
@@ -90,8 +90,8 @@ def test_forged_commits_delete_nothing(agent, tmp_path: Path) -> None:
     )  # fmt: skip
     # Unsigned, signed by a key the agent does not trust, and a genuine one re-targeted.
     _send(forger, topic, codec.encode(everything))
-    _, other_pub = generate_keypair(tmp_path / "other")
-    other = Signer(load_private_key(tmp_path / "other" / "edgefleet-signing.key"))
+    other_key, _ = generate_keypair(tmp_path / "other")
+    other = Signer(load_private_key(other_key))
     _send(forger, topic, other.seal(topic, everything, codec.JSON.encode))
     genuine_other = sign_command(topics.command("default", "someone-else", "commit"), everything)
     _send(forger, topic, genuine_other)
@@ -156,7 +156,9 @@ def test_agent_without_command_keys_refuses_everything_and_says_so_in_health(
         runner.wait_ready()
         a = runner.agent
         topic = topics.command("default", "nokeys", "set-config")
-        acker.client.publish(topic, sign_command(topic, _set_config("n-1", {"health.interval_s": 2})))
+        acker.client.publish(
+            topic, sign_command(topic, _set_config("n-1", {"health.interval_s": 2}))
+        )
 
         def latest() -> Health | None:
             with acker._cond:

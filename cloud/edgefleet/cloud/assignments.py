@@ -139,6 +139,7 @@ class Assigner:
         rollout_id: str | None = None,
         wave: int = 0,
         allow_task_change: bool = False,
+        rollback: bool = False,
     ) -> Assignment:
         """Assign ``name@version`` to the selected devices and send each its command.
 
@@ -199,6 +200,9 @@ class Assigner:
                 runtime=model.runtime if model.runtime in ("litert", "onnx") else None,  # type: ignore[arg-type]
                 rollout_id=rollout_id,
                 allow_task_change=allow_task_change,
+                # Agents refuse an older version than they serve unless the signed command
+                # says the operator means it (downgrade protection).
+                rollback=rollback,
             )
             self.publisher.publish(topics.command(device_fleet, device, COMMAND), cmd)
             self.store.set_target_state(
