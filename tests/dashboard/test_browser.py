@@ -52,6 +52,7 @@ def test_overview_counts_devices_and_shows_lwt_offline_within_seconds(
         try:
             agent.wait_ready()
             with chromium() as page:
+                dc.login(page)
                 page.goto(dc.url + "/")
                 _wait_text(page, "count-devices", "4")
                 _wait_text(page, "count-online", "4")
@@ -68,7 +69,9 @@ def test_overview_counts_devices_and_shows_lwt_offline_within_seconds(
                     arg=points + 3,
                 )
                 assert page.locator("[data-chart=cpu] canvas").count() == 1
-                series = httpx.get(f"{dc.url}/dashboard/api/devices/pump-02/series").json()
+                series = httpx.get(
+                    f"{dc.url}/dashboard/api/devices/pump-02/series", headers=dc.headers
+                ).json()
                 assert any(v is not None for v in series["health"]["cpu"])
                 page.goto(dc.url + "/#/")
                 _wait_text(page, "count-online", "4")
@@ -98,6 +101,7 @@ def test_device_page_chart_gains_points_live(mosquitto: MosquittoBroker, tmp_pat
         dev.send_health()
         dev.send_inference(5)
         with chromium() as page:
+            dc.login(page)
             page.goto(dc.url + "/#/device/press-7")
             page.wait_for_function(
                 "Number(document.querySelector('[data-chart=latency]').dataset.points) >= 5"
@@ -122,6 +126,7 @@ def test_device_page_chart_gains_points_live(mosquitto: MosquittoBroker, tmp_pat
             assert page.locator("[data-testid=device-state]").inner_text() == "online"
             screenshot(page, "device-live")
         with chromium(viewport={"width": 390, "height": 844}) as phone:
+            dc.login(phone)
             phone.goto(dc.url + "/")
             _wait_text(phone, "count-devices", "1")
             # Nothing is wider than the phone's screen except inside the scrollable table box.
@@ -148,7 +153,7 @@ def test_assignments_acks_quarantine_and_empty_rounds(
             d.birth()
             d.send_health()
         assert good.wait_committed()
-        with httpx.Client(base_url=dc.url, timeout=10) as http:
+        with httpx.Client(base_url=dc.url, timeout=10, headers=dc.headers) as http:
             r = http.post("/v1/models", content=archive.read_bytes(),
                           headers={"content-type": "application/gzip"})  # fmt: skip
             assert r.status_code == 201, r.text
@@ -159,6 +164,7 @@ def test_assignments_acks_quarantine_and_empty_rounds(
         # A message no device could have sent correctly: quarantined with its reason.
         good.client.publish(topics.telemetry(fleet, "good-1", "health"), b"{not json", qos=1)
         with chromium() as page:
+            dc.login(page)
             page.goto(dc.url + "/#/assignments")
             page.wait_for_selector("[data-testid=assignments] .chip.succeeded")
             page.wait_for_selector("[data-testid=assignments] .chip.refused")
@@ -183,6 +189,7 @@ def test_thousand_devices_paged_and_filtered(mosquitto: MosquittoBroker, tmp_pat
         swarm = DeviceSwarm(mosquitto.host, mosquitto.port, fleet, 1000)
         swarm.births(agents=("0.1.0", "0.1.1"), models=("1.0.0", "1.1.0"))
         with chromium() as page:
+            dc.login(page)
             page.goto(dc.url + "/")
             _wait_text(page, "count-devices", "1000", timeout_ms=30_000)
             assert _text(page, "page-info") == "1\u201350 of 1000"

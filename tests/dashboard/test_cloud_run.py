@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.cloud_auth import auth_headers
 from support.cloud_ingest import unique_fleet
 from support.dashboard_devices import SimDevice
 from support.mqtt import Probe
@@ -21,10 +22,12 @@ from edgefleet.cloud.homeassistant import node_id
 from edgefleet.cloud.launcher import CloudProcess
 
 
-def _scrape_until(url: str, wanted: list[str], timeout: float = 30) -> str:
+def _scrape_until(
+    url: str, wanted: list[str], timeout: float = 30, *, headers: dict[str, str]
+) -> str:
     """/metrics once every line in ``wanted`` is in it (the collector caches 2 s)."""
     deadline = time.monotonic() + timeout
-    with httpx.Client(base_url=url, timeout=10) as http:
+    with httpx.Client(base_url=url, timeout=10, headers=headers) as http:
         while True:
             text = http.get("/metrics").text
             if all(w in text for w in wanted):
@@ -44,6 +47,7 @@ def test_cloud_run_without_dashboard_keeps_capped_metrics_and_homeassistant(
     ).start()
     devices = [SimDevice(mosquitto.host, mosquitto.port, f"m-{i}", fleet) for i in range(2)]
     probe = Probe(mosquitto.host, mosquitto.port)
+    auth = auth_headers(tmp_path / "cloud")
     try:
         for d in devices:
             d.birth()
@@ -55,9 +59,10 @@ def test_cloud_run_without_dashboard_keeps_capped_metrics_and_homeassistant(
                 "edgefleet_device_series_truncated 1.0",
                 f'edgefleet_fleet_devices{{fleet="{fleet}",state="online"}} 2.0',
             ],
+            headers=auth,
         )
         assert 'device="m-1"' not in text  # over the cap of one device
-        with httpx.Client(base_url=cloud.http_url, timeout=10) as http:
+        with httpx.Client(base_url=cloud.http_url, timeout=10, headers=auth) as http:
             assert http.get("/").status_code == 404  # --no-dashboard: no page...
             assert http.get("/dashboard/api/snapshot").status_code == 404
             assert http.get("/v1/devices").status_code == 200  # ...but the API is there

@@ -147,7 +147,7 @@ def test_stream_sends_snapshot_then_diffs_and_series(
         dev.send_inference(3)
         assert dev.wait_committed()
         with (
-            httpx.Client(base_url=dc.url, timeout=10) as http,
+            httpx.Client(base_url=dc.url, timeout=10, headers=dc.headers) as http,
             http.stream("GET", "/dashboard/api/stream", params={"device": "s-1"}) as r,
         ):
             assert r.headers["content-type"].startswith("text/event-stream")
@@ -164,7 +164,7 @@ def test_stream_sends_snapshot_then_diffs_and_series(
         diff = next(d for n, d in got if n == "diff")
         assert diff["upsert"][0]["temp"] == 90.0
         assert diff["alerts"][0]["kind"] == "hot"
-        with httpx.Client(base_url=dc.url, timeout=10) as http:
+        with httpx.Client(base_url=dc.url, timeout=10, headers=dc.headers) as http:
             assert http.get("/dashboard/api/rounds").json() == []
             # The JSON view reads the same round source as the stream (markers included).
             source = _Rounds()

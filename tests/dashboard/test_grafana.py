@@ -78,7 +78,7 @@ def test_every_promql_metric_is_exposed_by_metrics(
         dev.send_inference(3)
         dev.client.publish(topics.telemetry(fleet, "m-1", "health"), b"garbage", qos=1)
         assert dev.wait_committed()
-        with httpx.Client(base_url=dc.url, timeout=10) as http:
+        with httpx.Client(base_url=dc.url, timeout=10, headers=dc.headers) as http:
             deadline = time.monotonic() + 10
             while True:
                 text = http.get("/metrics").text
