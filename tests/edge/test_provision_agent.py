@@ -118,6 +118,13 @@ def test_provision_takes_a_fresh_device_online_and_revoke_cuts_it_off(
         _wait(lambda: _online(cloud, "pi-e2e") is True, 20, "the provisioned agent online")
         assert cloud.store is not None
         assert list(cloud.store.device("pi-e2e").tags) == ["lab"]
+        # Its records carry MACs by the record key it was given, and the ingest accepts them.
+        _wait(
+            lambda: bool(cloud.store and cloud.store.record_keys("inference", "pi-e2e")),
+            15,
+            "inference records of pi-e2e",
+        )
+        assert cloud.store.count("quarantine") == 0
         listed = _run("device", "list", *admin)
         assert "pi-e2e" in listed.stdout
         assert "active" in listed.stdout

@@ -41,7 +41,7 @@ from edgefleet.cloud.publisher import CommandPublisher
 from edgefleet.cloud.registry import ModelRegistry
 from edgefleet.cloud.store import open_store
 from edgefleet.cloud.store.base import TelemetryStore
-from edgefleet.cloud.trust import RecordMacPolicy
+from edgefleet.cloud.trust import RecordKeys, RecordMacPolicy
 from edgefleet.protocol.errors import ConfigError
 from edgefleet.protocol.signing import load_public_key
 
@@ -369,7 +369,9 @@ class Cloud:
             # The command key's public half (created by the command signer at first start).
             settings = replace(settings, command_keys=(cfg.workdir / "keys" / "command.pub",))
         tokens = AuthTokens(self.tokens) if self.tokens is not None else None
-        provisioner = Provisioner(settings, store, lambda: self.broker_url, tokens=tokens)
+        provisioner = Provisioner(
+            settings, store, lambda: self.broker_url, tokens=tokens, record_keys=RecordKeys(store)
+        )
         log.info(
             "device provisioning: POST /v1/provision with a claim token "
             "(`edgefleet device claim-token`); project CA %s",
