@@ -87,6 +87,7 @@ def test_provision_takes_a_fresh_device_online_and_revoke_cuts_it_off(
             trusted_keys=(trusted_pub,),
             node_id=f"cloud-{fleet}",
             dashboard=None,
+            broker_dir=cfg.directory,
             identity=IdentitySettings(
                 directory=work / "identity",
                 device_broker_url=f"mqtts://127.0.0.1:{cfg.tls_port}",
@@ -96,8 +97,6 @@ def test_provision_takes_a_fresh_device_online_and_revoke_cuts_it_off(
     agent: AgentProcess | None = None
     try:
         cloud.start()
-        assert cloud.identity is not None
-        cloud.identity.broker = cfg.authority(crl=cloud.identity.current_crl, reload=broker.reload)
         admin = ("--cloud", cloud.http_url, "--token", str(cloud.admin_token))
 
         made = _run("device", "claim-token", "--fleet", fleet, "--tag", "lab", *admin)

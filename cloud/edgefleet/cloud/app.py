@@ -109,6 +109,9 @@ class CloudConfig:
     fl: FlServiceSettings | None = None
     # Device identities (CA, claim tokens, provisioning); None: defaults under workdir/identity.
     identity: IdentitySettings | None = None
+    # The directory `edgefleet cloud broker-config` wrote: provisioning enrols devices with
+    # that broker and revocation cuts them off there (None: no broker-side identity).
+    broker_dir: Path | None = None
     # Host names the HTTP API answers to besides the loopback ones (`--allowed-host`).
     allowed_hosts: tuple[str, ...] = ()
     # Largest `POST /v1/models` body (413 over it).
@@ -372,6 +375,11 @@ class Cloud:
         provisioner = Provisioner(
             settings, store, lambda: self.broker_url, tokens=tokens, record_keys=RecordKeys(store)
         )
+        if cfg.broker_dir is not None:
+            from edgefleet.cloud.broker.production import ProductionConfig
+
+            broker = ProductionConfig.load(absolute(cfg.broker_dir))
+            provisioner.broker = broker.authority(crl=provisioner.current_crl)
         log.info(
             "device provisioning: POST /v1/provision with a claim token "
             "(`edgefleet device claim-token`); project CA %s",
