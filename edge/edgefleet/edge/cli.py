@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -167,15 +168,17 @@ DryRunOpt = Annotated[
 ]
 
 
-def _run_plan(plan: Plan, dry_run: bool, action: str) -> None:
+def _run_plan(make: Callable[[], Plan], dry_run: bool, action: str) -> None:
     from edgefleet.edge.install import require_root
 
+    if not dry_run:
+        require_root(action)  # before reading anything: the one error a user must see
+    plan = make()
     console = Console()
     if dry_run:
         for line in plan.describe():
             console.print(line, highlight=False, soft_wrap=True, markup=False)
         return
-    require_root(action)
     plan.apply(lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False))
     for note in plan.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True, markup=False)
@@ -219,7 +222,7 @@ def install(
         root=root, venv=PurePosixPath(venv), use_current_venv=use_current_venv, config=config,
         package=package, start=start,
     )  # fmt: skip
-    _run_plan(plan_install(opts), dry_run, "install")
+    _run_plan(lambda: plan_install(opts), dry_run, "install")
 
 
 @app.command()
@@ -233,7 +236,7 @@ def uninstall(
     """Stop and remove the service and its venv; keeps config and data unless --purge."""
     from edgefleet.edge.install import plan_uninstall
 
-    _run_plan(plan_uninstall(root, purge=purge), dry_run, "uninstall")
+    _run_plan(lambda: plan_uninstall(root, purge=purge), dry_run, "uninstall")
 
 
 @app.command()
