@@ -21,7 +21,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / ".ci" / "system-packages"
 # Every command the check probes by name, and bash to run it.
-COMMANDS = ("bash", "gcc", "g++", "make", "mosquitto", "mosquitto_sub", "mosquitto_passwd")
+COMMANDS = (
+    "bash",
+    "gcc",
+    "g++",
+    "make",
+    "mosquitto",
+    "mosquitto_sub",
+    "mosquitto_passwd",
+    "systemd-analyze",
+)
 SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
 NOBODY = 65534
 # Debian's python3 without python3-venv: it runs, but cannot `import ensurepip`.
