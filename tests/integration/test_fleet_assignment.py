@@ -13,10 +13,12 @@ from typing import Any
 
 import msgspec
 import pytest
+from support.cloud_auth import client as auth_client
 from support.edge_agent import AgentThread, agent_toml, make_config
 from support.models_zoo import Zoo, shared_zoo
 
 from edgefleet.cloud.app import Cloud, CloudConfig
+from edgefleet.cloud.auth import DownloadGrants
 from edgefleet.cloud.broker import MosquittoBroker
 from edgefleet.cloud.client import CloudClient
 from edgefleet.protocol import bundle, signing, topics
@@ -106,7 +108,7 @@ def test_three_agents_run_an_assigned_bundle_and_refuse_an_untrusted_one(
     fleet: tuple[Cloud, list[AgentThread], Path], zoo: Zoo, tmp_path: Path
 ) -> None:
     cloud, agents, staging_key = fleet
-    client = CloudClient(cloud.http_url)
+    client = auth_client(cloud)
     # The fleet reports in: births and health with the model version reach the cloud's state.
     wait_for(
         lambda: {d["device_id"] for d in client.devices() if d["online"]} >= set(DEVICES),
@@ -162,7 +164,7 @@ def test_a_bundle_for_another_sensor_is_refused_by_the_cloud_and_by_the_agent(
     fleet: tuple[Cloud, list[AgentThread], Path], zoo: Zoo, tmp_path: Path
 ) -> None:
     cloud, agents, _ = fleet
-    client = CloudClient(cloud.http_url)
+    client = auth_client(cloud)
     # Each agent's birth tells the cloud its source: 400 Hz vibration, channels, runtimes.
     profiles = wait_for(
         lambda: (
@@ -188,10 +190,12 @@ def test_a_bundle_for_another_sensor_is_refused_by_the_cloud_and_by_the_agent(
 
     # The agent refuses it too if it arrives anyway (an older cloud, a hand-made command).
     assert cloud.publisher is not None
+    # The URL with a download grant, as the cloud makes them (the agent has no API token).
+    grants = DownloadGrants.load_or_create(cloud.config.workdir / "keys" / "grant.key")
     cmd = AssignModel(
         device_id=cloud.node.node_id, boot_id=cloud.node.boot_id, seq=cloud.node.next_seq(),
         sent_at=time.time(), command_id="by-hand-1", model="activity", version="1.0.0",
-        url=f"{cloud.http_url}/v1/blobs/{sha}", sha256=sha, size=archive.stat().st_size,
+        url=grants.url(cloud.http_url, sha, "pump-1"), sha256=sha, size=archive.stat().st_size,
         runtime="litert",
     )  # fmt: skip
     cloud.publisher.publish(topics.command("default", "pump-1", "assign-model"), cmd)
