@@ -20,6 +20,7 @@ from support.cloud_ingest import unique_fleet
 
 from edgefleet.cloud.app import Cloud, CloudConfig
 from edgefleet.cloud.broker import MosquittoBroker
+from edgefleet.cloud.broker.production import write_production_config
 from edgefleet.cloud.identity.service import RENEW_CONTEXT, IdentitySettings
 from edgefleet.edge import provision as edge_provision
 from edgefleet.edge.config import load_config
@@ -277,3 +278,32 @@ def test_renewal_needs_the_current_key_and_a_retry_gets_the_same_certificate(
     )  # fmt: skip
     assert replaced.status_code == 403
     assert "replaced" in replaced.json()["detail"]
+
+
+def test_a_provisioning_the_broker_refuses_is_undone_and_the_token_kept(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    assert cloud.identity is not None
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "s.pem").write_bytes(cloud.identity.ca.issue_server_cert(["127.0.0.1"], key))
+    (tmp_path / "s.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    # A broker configuration whose Mosquitto is not running: enrolling cannot reload it.
+    broker = write_production_config(
+        tmp_path / "broker", ca=cloud.identity.ca.cert_path, cert=tmp_path / "s.pem",
+        key=tmp_path / "s.key", crl=cloud.identity.current_crl(), backend="files",
+    )  # fmt: skip
+    cloud.identity.broker = broker.authority(crl=cloud.identity.current_crl)
+    token = _claim(cloud)
+    failed = _provision(cloud, token, "pi-u")
+    assert failed.status_code == 422
+    assert "undone" in failed.json()["detail"]
+    listed = httpx.get(f"{cloud.http_url}/v1/identities", headers=_admin(cloud)).json()
+    assert listed == []
+    cloud.identity.broker = None
+    assert _provision(cloud, token, "pi-u").status_code == 201

@@ -183,6 +183,15 @@ class IdentityBook:
             ),
         )  # fmt: skip
 
+    def undo(self, serial: int, claim_hash: str) -> None:
+        """Forget a certificate whose device never got it, and give its claim's use back."""
+        with self._store._lock, self._tx() as cur:
+            cur.execute("DELETE FROM identities WHERE serial = ?", (f"{serial:x}",))
+            cur.execute(
+                "UPDATE claim_tokens SET uses_left = uses_left + 1 WHERE token_hash = ?",
+                (claim_hash,),
+            )
+
     def supersede(self, cur: Cursor, device_id: str, successor: int) -> None:
         """Mark every active certificate of ``device_id`` but ``successor`` superseded."""
         cur.execute(

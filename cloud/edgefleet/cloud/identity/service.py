@@ -38,7 +38,7 @@ from edgefleet.cloud.identity.errors import (
 )
 from edgefleet.cloud.store.base import TelemetryStore
 from edgefleet.cloud.store.sql import Cursor
-from edgefleet.protocol.errors import TopicError
+from edgefleet.protocol.errors import EdgefleetError, TopicError
 from edgefleet.protocol.topics import validate_id
 
 log = logging.getLogger(__name__)
@@ -161,11 +161,20 @@ class Provisioner:
             self.book.insert(cur, ident, claim.token_hash)
             _enrol_device_row(cur, device, claim.fleet, claim.tags, now)
         record_key = secrets.token_bytes(RECORD_KEY_BYTES)
-        if self.record_keys is not None:
-            self.record_keys.register(device, record_key)
-        if self.broker is not None:
-            self.broker.enrol(device, claim.fleet)
-        device_token = self.tokens.issue(device) if self.tokens is not None else None
+        try:
+            if self.record_keys is not None:
+                self.record_keys.register(device, record_key)
+            if self.broker is not None:
+                self.broker.enrol(device, claim.fleet)
+            device_token = self.tokens.issue(device) if self.tokens is not None else None
+        except EdgefleetError as exc:
+            # The device never got an answer: give the claim's use back and free the id, so
+            # the same token works once the broker (or store) is back.
+            self.book.undo(ident.serial, claim.token_hash)
+            raise IdentityError(
+                f"provisioning {device} failed and was undone ({exc}); retry with the same "
+                "claim token"
+            ) from exc
         self._write_node_key(ident)
         log.info("provisioned %s in fleet %s (serial %x)", device, claim.fleet, ident.serial)
         return {
