@@ -21,7 +21,10 @@ from support.cloud_ingest import unique_fleet
 from edgefleet.cloud.app import Cloud, CloudConfig
 from edgefleet.cloud.broker import MosquittoBroker
 from edgefleet.cloud.broker.production import write_production_config
-from edgefleet.cloud.identity.service import RENEW_CONTEXT, IdentitySettings
+from edgefleet.cloud.identity.errors import ClaimRefused
+from edgefleet.cloud.identity.service import RENEW_CONTEXT, IdentitySettings, Provisioner
+from edgefleet.cloud.store import open_store
+from edgefleet.cloud.store.base import TelemetryStore
 from edgefleet.edge import provision as edge_provision
 from edgefleet.edge.config import load_config
 from edgefleet.edge.provision import ProvisionRefused, provision, renew_if_due, renewal_loop
@@ -307,3 +310,31 @@ def test_a_provisioning_the_broker_refuses_is_undone_and_the_token_kept(
     assert listed == []
     cloud.identity.broker = None
     assert _provision(cloud, token, "pi-u").status_code == 201
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TelemetryStore]:
+    url = (
+        f"sqlite:///{tmp_path / 'store.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("pg_url")
+    )
+    s = open_store(url)
+    yield s
+    s.close()
+
+
+def test_claims_identities_and_revocation_on_both_stores(
+    any_store: TelemetryStore, tmp_path: Path
+) -> None:
+    p = Provisioner(IdentitySettings(directory=tmp_path / "id"), any_store, lambda: "mqtt://x:1")
+    token, _ = p.book.create_claim("plant", ["a"], uses=2)
+    first = p.provision(token, _csr(), "d1")
+    p.provision(token, _csr(), "d2")
+    with pytest.raises(ClaimRefused):
+        p.provision(token, _csr(), "d3")
+    assert sorted(any_store.device("d1").tags) == ["a"]
+    assert [i.state for i in p.book.of_device("d1")] == ["active"]
+    assert p.revoke("d1")["certificates"] == [first["serial"]]
+    assert p.book.revoked_serials() == [int(first["serial"], 16)]
+    assert any_store.device("d1").online is False
