@@ -36,6 +36,50 @@ from edgefleet.cloud.broker import MosquittoBroker
 from edgefleet.protocol import topics
 
 WARMUP_S = 5.0
+CPU_WINDOW_S = 10.0
+ROOT = Path(__file__).resolve().parents[1]
+INSTALL_CACHE = Path.home() / ".cache" / "edgefleet-bench" / "edge-venv"
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_percent(pid: int, seconds: float = CPU_WINDOW_S) -> float:
+    """The process's CPU use over the next ``seconds``, in percent of one core."""
+    c0, t0 = cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    return 100 * (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+
+
+def idle_cpu(cmd: list[str]) -> float:
+    """CPU % of an agent with no model: connected, health reports at the default interval."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        time.sleep(WARMUP_S)
+        assert proc.poll() is None, "the agent died"
+        return cpu_percent(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
+def install_mb() -> float:
+    """Size of a fresh venv with ``pip install ".[edge]"`` of this checkout (PyPI wheels)."""
+    import shutil
+
+    venv = INSTALL_CACHE
+    if venv.exists():
+        shutil.rmtree(venv)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "--disable-pip-version-check", f"{ROOT}[edge]"], check=True)
+    total = sum(f.lstat().st_size for f in venv.rglob("*") if f.is_file() and not f.is_symlink())
+    return total / 2**20
 
 
 def rss_mb(pid: int) -> float:
@@ -61,8 +105,8 @@ def baseline_rss(model: Path) -> float:
     return r
 
 
-def run_agent(cmd: list[str], first: threading.Event) -> tuple[float, float, int]:
-    """Start the agent with ``cmd``; (RSS MB after warm-up, cold start s, threads)."""
+def run_agent(cmd: list[str], first: threading.Event) -> tuple[float, float, int, float]:
+    """Start the agent with ``cmd``; (RSS MB after warm-up, cold start s, threads, CPU %)."""
     first.clear()
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -75,13 +119,14 @@ def run_agent(cmd: list[str], first: threading.Event) -> tuple[float, float, int
         assert proc.poll() is None, "the agent died"
         rss = rss_mb(proc.pid)
         threads = len(list(Path(f"/proc/{proc.pid}/task").iterdir()))
+        cpu = cpu_percent(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-    return rss, cold, threads
+    return rss, cold, threads, cpu
 
 
 def main() -> None:
@@ -106,9 +151,10 @@ def main() -> None:
     sub.subscribe(topics.telemetry("default", "fp-1", "inference"), qos=1)
     assert subscribed.wait(10)
 
-    def config(name: str, verify: str) -> Path:
+    def config(name: str, verify: str, model: bool = True) -> Path:
         # One data dir per run: a fresh outbox, so a replay cannot pass for a first result.
         cfg = work / f"{name}.toml"
+        tuning = "[uplink]\nflush_interval_s = 0.05\n[health]\ninterval_s = 1.0"
         cfg.write_text(f"""
 [device]
 id = "fp-1"
@@ -120,13 +166,10 @@ kind = "simulated"
 seed = 1
 chunk = 32
 [model]
-bundle = "{bundle.path}"
+{f'bundle = "{bundle.path}"' if model else ""}
 trusted_keys = ["{pub}"]
 verify = "{verify}"
-[uplink]
-flush_interval_s = 0.05
-[health]
-interval_s = 1.0
+{tuning if model else ""}
 """)
         return cfg
 
@@ -134,8 +177,10 @@ interval_s = 1.0
     lean = [sys.executable, "-m", "edgefleet.edge", "--config", str(config("lean", "auto"))]
     cli = [str(exe), "agent", "run", "--in-process", "--config", str(config("cli", "process"))]
     try:
-        rss, cold, threads = run_agent(lean, first)
-        rss_cli, cold_cli, threads_cli = run_agent(cli, first)
+        rss, cold, threads, serving_cpu = run_agent(lean, first)
+        rss_cli, cold_cli, threads_cli, _ = run_agent(cli, first)
+        idle = [sys.executable, "-m", "edgefleet.edge", "--config"]
+        idle_cpu_pct = idle_cpu([*idle, str(config("idle", "auto", model=False))])
     finally:
         sub.loop_stop()
         broker.stop()
@@ -151,6 +196,11 @@ interval_s = 1.0
             "threads_cli_in_process": threads_cli,
             "baseline_python_numpy_litert_rss_mb": round(base, 1),
             "agent_over_baseline_mb": round(rss - base, 1),
+            # No model, default intervals: what the agent costs while it has nothing to do.
+            "idle_cpu_percent": round(idle_cpu_pct, 2),
+            # Serving the tiny int8 model at 400 Hz (windows of 32, results flushed at 20 Hz).
+            "serving_cpu_percent": round(serving_cpu, 2),
+            "install_mb": round(install_mb(), 1),
         },
         ("ai-edge-litert", "paho-mqtt", "numpy"),
     )
