@@ -123,6 +123,13 @@ def provision(
     bundle: Annotated[
         Path | None, typer.Option(help="A signed bundle to serve until the cloud assigns one.")
     ] = None,
+    data_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="State directory for the config; default /var/lib/edgefleet for "
+            "/etc/edgefleet (what `agent install` runs), else data/ beside the config."
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option(help="Replace an identity already in --config-dir.")
     ] = False,
@@ -131,7 +138,14 @@ def provision(
     from edgefleet.edge.provision import provision as run_provision
 
     done = run_provision(
-        cloud, token, config_dir, device_id=device_id, fleet=fleet, bundle=bundle, force=force
+        cloud,
+        token,
+        config_dir,
+        device_id=device_id,
+        fleet=fleet,
+        bundle=bundle,
+        data_dir=data_dir,
+        force=force,
     )
     Console().print(
         f"provisioned {done.device_id} in fleet {done.fleet} (certificate {done.serial}); "

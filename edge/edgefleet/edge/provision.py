@@ -153,8 +153,22 @@ def _toml_list(items: list[str]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
 
+def default_data_dir(config_dir: Path) -> str:
+    """Where the agent keeps its state: ``/var/lib/edgefleet`` beside ``/etc/edgefleet``.
+
+    ``edgefleet agent install`` runs the service with ``ProtectSystem=strict``: it may write
+    only its ``StateDirectory``, so a data directory under ``/etc/edgefleet`` would fail there.
+    Any other config directory (a test, a laptop) keeps its data beside the config.
+    """
+    return "/var/lib/edgefleet" if Path(config_dir) == Path("/etc/edgefleet") else "data"
+
+
 def _config_text(
-    answer: dict[str, Any], files: dict[str, Any], cloud: str, bundle: Path | None
+    answer: dict[str, Any],
+    files: dict[str, Any],
+    cloud: str,
+    bundle: Path | None,
+    data_dir: str = "data",
 ) -> str:
     host, port, tls = _broker(answer["broker_url"])
     mqtt = [f"host = {json.dumps(host)}", f"port = {port}", f"tls = {str(tls).lower()}"]
@@ -178,7 +192,7 @@ def _config_text(
             "[device]",
             f"id = {json.dumps(answer['device_id'])}",
             f"fleet = {json.dumps(answer['fleet'])}",
-            'data_dir = "data"',
+            f"data_dir = {json.dumps(data_dir)}",
             "",
             "[mqtt]",
             *mqtt,
@@ -213,13 +227,15 @@ def provision(
     device_id: str | None = None,
     fleet: str | None = None,
     bundle: Path | None = None,
+    data_dir: str | None = None,
     force: bool = False,
     timeout: float = 30.0,
 ) -> Provisioned:
     """Claim an identity from ``cloud`` with ``token`` and write the agent's config.
 
     ``bundle``: a signed bundle to serve from the first start (else the device waits for the
-    cloud to assign one, and ``agent check`` says it has no model).
+    cloud to assign one, and ``agent check`` says it has no model). ``data_dir``: the state
+    directory written into the config (default :func:`default_data_dir`).
     """
     if device_id is not None:
         try:
@@ -261,8 +277,12 @@ def provision(
         files["record_key"] = True
     if answer.get("device_token"):
         _write(d / DEVICE_TOKEN, answer["device_token"].encode() + b"\n", 0o600)
-    (d / "data").mkdir(mode=0o700, exist_ok=True)
-    _write(d / CONFIG_NAME, _config_text(answer, files, cloud, bundle).encode(), 0o600)
+    state = data_dir or default_data_dir(d)
+    # A relative state directory lives beside the config; /var/lib/edgefleet is the service's
+    # StateDirectory, which systemd creates with the service user as owner.
+    if not Path(state).is_absolute():
+        (d / state).mkdir(mode=0o700, parents=True, exist_ok=True)
+    _write(d / CONFIG_NAME, _config_text(answer, files, cloud, bundle, state).encode(), 0o600)
     load_config(d / CONFIG_NAME)  # what agent check will read must be valid now
     return Provisioned(
         d / CONFIG_NAME, dev, str(answer["fleet"]), str(answer["serial"]), answer["not_after"]
