@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cloud_auth import admin_token
 from support.sim_fleet import invariant, read_report, run_cli, shared_cache
 from typer.testing import CliRunner
 
+from edgefleet.cloud.auth import Unauthenticated
 from edgefleet.cloud.broker import MosquittoBroker
 from edgefleet.cloud.client import CloudClient
 from edgefleet.cloud.launcher import CloudProcess
@@ -54,6 +56,7 @@ def cloud(
 def test_a_fleet_against_a_cloud_in_another_process(
     cache: Path, cloud: CloudProcess, mosquitto: MosquittoBroker, tmp_path: Path
 ) -> None:
+    token = admin_token(cloud.workdir)
     scenario = tmp_path / "s.yaml"
     scenario.write_text(
         f"seed: 3\nfleet: {FLEET}\ngroups:\n"
@@ -61,7 +64,7 @@ def test_a_fleet_against_a_cloud_in_another_process(
     )
     out = run_cli(
         ["sim", "run", "--devices", "3", "--duration", "4", "--scenario", str(scenario),
-         "--broker", mosquitto.url, "--cloud", cloud.http_url, "--no-live",
+         "--broker", mosquitto.url, "--cloud", cloud.http_url, "--token", token, "--no-live",
          "--workdir", str(tmp_path / "w"), "--report", str(tmp_path / "r.json")],
         cache,
         timeout=200,
@@ -76,20 +79,28 @@ def test_a_fleet_against_a_cloud_in_another_process(
     assert not (tmp_path / "w" / "cloud").exists()
     # What the report counts as stored is what the other process's API serves.
     served = sum(
-        len(CloudClient(cloud.http_url).request("GET", f"/v1/telemetry/readings?device={d}"))
+        len(
+            CloudClient(cloud.http_url, token=token).request(
+                "GET", f"/v1/telemetry/readings?device={d}"
+            )
+        )
         for d in report["per_device"]
     )
     assert served >= report["per_device"]["loggers-0000"]["stored"] > 0
     # The live view's count comes from that cloud's Prometheus counter.
-    counted = ApiView(cloud.http_url).stored()
+    counted = ApiView(cloud.http_url, token=token).stored()
     assert counted is not None
+    # Without a token the API refuses, and says how to give one.
+    with pytest.raises(Unauthenticated, match="--token"):
+        ApiView(cloud.http_url, token="").assignments()
     assert counted >= t["stored"]
 
     # The same device ids again on the same cloud: the records of the earlier run's boots are
     # not this run's, and do not count as unknown or duplicates.
     again = run_simulation(
         SimOptions(devices=3, duration=3.0, scenario=parse_scenario(loggers()),
-                   broker=mosquitto.url, cloud_url=cloud.http_url, workdir=tmp_path / "w2",
+                   broker=mosquitto.url, cloud_url=cloud.http_url, token=token,
+                   workdir=tmp_path / "w2",
                    cache_dir=cache, live=False)
     )  # fmt: skip
     assert again.ok, again.invariants
@@ -105,7 +116,8 @@ def test_records_the_cloud_never_stored_fail_the_run(
     # and acknowledged by it, but never stored, which only the cloud's API can tell.
     report = run_simulation(
         SimOptions(devices=2, duration=3.0, scenario=parse_scenario(loggers("elsewhere")),
-                   broker=mosquitto.url, cloud_url=cloud.http_url, workdir=tmp_path,
+                   broker=mosquitto.url, cloud_url=cloud.http_url, token=admin_token(cloud.workdir),
+                   workdir=tmp_path,
                    cache_dir=cache, live=False, drain_timeout=3.0)
     )  # fmt: skip
     assert report.ok is False

@@ -40,6 +40,16 @@ def run(  # noqa: PLR0917 - typer maps each parameter to an option
             "checks read it through the API (needs --broker mqtt://HOST:PORT of its broker)."
         ),
     ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="EDGEFLEET_TOKEN",
+            help="With --cloud: an API token for it (env EDGEFLEET_TOKEN); a viewer token "
+            "reads, an operator token is needed for scenarios that assign models.",
+            show_default=False,
+        ),
+    ] = None,
     with_cloud: Annotated[
         bool,
         typer.Option(
@@ -90,6 +100,7 @@ def run(  # noqa: PLR0917 - typer maps each parameter to an option
         scenario=spec,
         broker=broker,
         cloud_url=cloud,
+        token=token,
         db_url=db,
         processes=processes,
         seed=seed,
@@ -101,8 +112,7 @@ def run(  # noqa: PLR0917 - typer maps each parameter to an option
     sim = Simulation(options, console)
     try:
         sim.prepare()
-        for name, url in sim.state.urls.items():
-            console.print(f"[bold]{name}[/] {url}", highlight=False)
+        sim.print_access(console)
         result = sim.run()
     finally:
         sim.close()

@@ -94,9 +94,9 @@ def check_cloud_url(url: str) -> str:
 class ApiView:
     """Reads a running cloud through its HTTP API (the cloud runs elsewhere)."""
 
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, timeout: float = 30.0, token: str | None = None) -> None:
         self.url = check_cloud_url(url)
-        self.client = CloudClient(self.url, timeout=timeout)
+        self.client = CloudClient(self.url, timeout=timeout, token=token)
 
     def check(self) -> dict[str, Any]:
         """``GET /healthz``: the cloud answers and its store is up (SimulationError if not)."""
@@ -145,7 +145,10 @@ class ApiView:
     def stored(self) -> int | None:
         """Records ingested, from the cloud's Prometheus counters (None if it does not say)."""
         try:
-            with urllib.request.urlopen(self.url + "/metrics", timeout=5) as resp:  # noqa: S310
+            req = urllib.request.Request(self.url + "/metrics")  # noqa: S310 - checked http(s)
+            if self.client.token:
+                req.add_header("Authorization", f"Bearer {self.client.token}")
+            with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
                 text = resp.read().decode()
         except (OSError, ValueError):
             return None

@@ -287,13 +287,11 @@ def federated_round(
     sim: Simulation, console: Console, learned: Learned, timeout: float = FL_TIMEOUT_S
 ) -> None:
     """Train one federated round on the trainer agents and register the result."""
-    from edgefleet.cloud.client import CloudClient
-
     cloud = sim.cloud
     assert cloud is not None
     assert cloud.fl is not None
     cloud.fl.settings = dataclasses.replace(cloud.fl.settings, signing_key=sim.bundles.private_key)
-    client = CloudClient(sim.http_url)
+    client = sim.client()
     v1 = sim.bundles.cached(MODEL)
     if v1 is not None:
         # The version the fleet runs: the run fine-tunes its float weights and is judged by it.
@@ -388,28 +386,24 @@ def _online(client: Any, ids: list[str]) -> bool:
 
 def central_fallback(sim: Simulation, learned: Learned, reason: str) -> None:
     """No federated round: re-train centrally so the rollout path still runs (the demo fails)."""
-    from edgefleet.cloud.client import CloudClient
-
     sim.notes.append(
         f"federated round FAILED: {reason}; a centrally re-trained bundle stands in for the "
         "rollout (the demo fails)"
     )
     bundle = sim.bundles.ensure(MODEL, NEW_VERSION, seed=1, parent=f"{MODEL}@1.0.0")
     with contextlib.suppress(Exception):  # already pushed by an earlier run of the cache
-        CloudClient(sim.http_url).push(bundle.archive.read_bytes())
+        sim.client().push(bundle.archive.read_bytes())
     learned.ref = f"{MODEL}@{NEW_VERSION}"
     learned.how = f"re-trained centrally (seed 1) as {learned.ref}"
 
 
 def learning_step(learned: Learned, sim: Simulation) -> None:
     """Assign the learned bundle to every device of the model (the fleet's and the trainers)."""
-    from edgefleet.cloud.client import CloudClient
-
     if learned.ref is None:
         sim.say(learned.how or "no new model version to assign")
         return
     sim.say(learned.how)
-    client = CloudClient(sim.http_url)
+    client = sim.client()
     targets = [*sim.plan.groups.get("pumps", ()), *sim.plan.groups.get("bench", ())]
     if learned.trainers is not None:
         targets += learned.trainers.ids
@@ -479,8 +473,7 @@ def demo(  # noqa: PLR0917 - typer maps each parameter to an option
     learned = Learned()
     try:
         sim.prepare()
-        for name, url in sim.state.urls.items():
-            console.print(f"[bold]{name}[/] {url}", highlight=False)
+        sim.print_access(console)
         console.print(f"[bold]work directory[/] {workdir}", highlight=False)
         reason = learning_reason()
         if reason is None:

@@ -28,6 +28,7 @@ from rich.live import Live
 from edgefleet.cloud.app import Cloud, CloudConfig
 from edgefleet.cloud.broker import BrokerProcess, EmbeddedBroker, MosquittoBroker
 from edgefleet.cloud.broker.mosquitto import mosquitto_available
+from edgefleet.cloud.client import CloudClient
 from edgefleet.cloud.commandsigner import ensure_command_key
 from edgefleet.cloud.store import open_store
 from edgefleet.cloud.store.base import TERMINAL_STATES
@@ -77,6 +78,8 @@ class SimOptions:
     broker: str = "auto"
     # None: start the cloud in this process (--with-cloud); a URL: use that running cloud.
     cloud_url: str | None = None
+    # The API token for --cloud (env EDGEFLEET_TOKEN); a cloud started here makes its own.
+    token: str | None = None
     db_url: str | None = None
     processes: int = 1
     seed: int | None = None
@@ -187,6 +190,36 @@ class Simulation:
         assert self.cloud is not None, "prepare() first"
         return self.cloud.http_url
 
+    @property
+    def api_token(self) -> str | None:
+        """The token API calls send: --token for --cloud, else the admin token of our cloud."""
+        if self.options.cloud_url is not None:
+            return self.options.token
+        return self.cloud.admin_token if self.cloud is not None else None
+
+    def client(self) -> CloudClient:
+        """A client of the cloud's API with :attr:`api_token`."""
+        return CloudClient(self.http_url, token=self.api_token)
+
+    def print_access(self, console: Console) -> None:
+        """The URLs, and for a cloud started here its API token and the dashboard's login."""
+        for name, url in self.state.urls.items():
+            console.print(f"[bold]{name}[/] {url}", highlight=False)
+        if self.cloud is None or not self.cloud.admin_token:
+            return
+        where = self.cloud.config.workdir / "admin.token"
+        console.print(
+            f"[bold]API token[/] {self.cloud.admin_token} (admin; also in {where})",
+            highlight=False,
+            soft_wrap=True,
+        )
+        console.print(
+            f"[bold]dashboard login[/] {self.http_url}/login: paste the API token; "
+            f'API: curl -H "Authorization: Bearer $(cat {where})" {self.http_url}/v1/devices',
+            highlight=False,
+            soft_wrap=True,
+        )
+
     def say(self, text: str) -> None:
         """Add a line to the live view's event log and the report's timeline."""
         with self._lock:
@@ -228,7 +261,7 @@ class Simulation:
             cls = MosquittoBroker if use == "mosquitto" else EmbeddedBroker
             self.broker = cls(self.workdir / "broker").start(timeout=30)
         if self.options.cloud_url is not None:
-            api = ApiView(self.options.cloud_url)
+            api = ApiView(self.options.cloud_url, token=self.options.token)
             api.check()
             self.earlier_assignments = frozenset(a.id for a in api.assignments())
             self.view = api
