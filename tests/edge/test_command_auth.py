@@ -180,3 +180,55 @@ def test_agent_without_command_keys_refuses_everything_and_says_so_in_health(
     finally:
         runner.stop()
         acker.close()
+
+
+@pytest.mark.slow(seconds=30)
+def test_downgrade_refused_without_rollback_and_accepted_with_it(
+    mosquitto, tmp_path: Path, tiny_zoo, signing_key, trusted_pub: Path, good_bundle: Path
+) -> None:
+    from support.edge_http import RangeServer
+    from support.tiny_models import make_bundle, pack
+
+    from edgefleet.protocol.bundle import VerifiedBundle, read_manifest
+    from edgefleet.protocol.messages import AssignModel
+
+    www = tmp_path / "www"
+    www.mkdir()
+    server = RangeServer(www)
+    acker = CommitAcker(mosquitto.host, mosquitto.port)
+    runner = AgentThread(
+        make_config(
+            agent_toml(
+                tmp_path / "d", mosquitto.port, device="down-1", bundle=good_bundle,
+                keys=[trusted_pub],
+            )
+        )
+    )  # fmt: skip
+    try:
+        runner.wait_ready()
+        assert runner.agent.model_ref == ("tiny-vib", "1.0.0")
+        old = make_bundle(tiny_zoo, tmp_path / "old", signing_key, version="0.9.0")
+        sha, size = pack(VerifiedBundle(old.path, read_manifest(old.path), ""), www / "old.tar.gz")
+        topic = topics.command("default", "down-1", "assign-model")
+
+        def assign(cid: str, rollback: bool) -> tuple[str, str | None]:
+            cmd = AssignModel(
+                device_id="cloud", boot_id="cloud", seq=1, sent_at=time.time(), command_id=cid,
+                model="tiny-vib", version="0.9.0", url=server.url("old.tar.gz"), sha256=sha,
+                size=size, rollback=rollback,
+            )  # fmt: skip
+            acker.client.publish(topic, sign_command(topic, cmd), qos=1)
+            assert acker.wait_for(
+                lambda a: any(x.command_id == cid and x.status != "received" for x in a.acks), 30
+            )
+            ack = next(x for x in acker.acks if x.command_id == cid and x.status != "received")
+            return ack.status, ack.reason
+
+        assert assign("d-1", rollback=False) == ("refused", "downgrade")
+        assert runner.agent.model_ref == ("tiny-vib", "1.0.0")
+        assert assign("d-2", rollback=True) == ("succeeded", None)
+        assert runner.agent.model_ref == ("tiny-vib", "0.9.0")
+    finally:
+        runner.stop()
+        acker.close()
+        server.close()
