@@ -91,6 +91,7 @@ def test_a_run_every_device_refuses_fails_fast_with_their_reasons(
         result = CliRunner().invoke(
             fl_app,
             ["start", "--model", MODEL, "--cloud", setup.cloud.http_url, "--rounds", "1",
+             "--token", str(setup.cloud.admin_token),
              "--quorum-timeout", str(QUORUM_TIMEOUT_S)],
         )  # fmt: skip
         assert time.monotonic() - began < 30

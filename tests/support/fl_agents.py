@@ -91,7 +91,7 @@ def start_setup(
             fl=FlServiceSettings(workdir=tmp_path / "fl", signing_key=zoo.private_key),
         )
     ).start()
-    setup = FlSetup(cloud, CloudClient(cloud.http_url))
+    setup = FlSetup(cloud, CloudClient(cloud.http_url, token=cloud.admin_token))
     try:
         v1 = zoo.builds[MODEL].bundle("litert")
         for i, device in enumerate(devices):
