@@ -25,7 +25,12 @@ from edgefleet.cloud.broker import (
     free_port,
     mosquitto_available,
 )
-from edgefleet.cloud.commandsigner import CommandSigner, ensure_command_key
+from edgefleet.cloud.commandsigner import (
+    CommandSigner,
+    ensure_command_key,
+    key_paths,
+    write_public_key,
+)
 from edgefleet.cloud.dashboard import Dashboard, DashboardSettings, mount_dashboard
 from edgefleet.cloud.dashboard.prometheus import SeriesLimits, register_device_metrics
 from edgefleet.cloud.errors import CloudError
@@ -348,6 +353,8 @@ class Cloud:
     def _command_key(self, cfg: CloudConfig) -> Path:
         """The command-signing key: the configured one, or the workdir's (made if missing)."""
         if cfg.command_key is not None:
+            # Provisioning hands devices <workdir>/keys/command.pub: it must match this key.
+            write_public_key(cfg.command_key, key_paths(cfg.workdir)[1])
             return cfg.command_key
         priv, pub, created = ensure_command_key(cfg.workdir)
         log.warning(

@@ -28,19 +28,26 @@ def key_paths(workdir: Path) -> tuple[Path, Path]:
     return keys / KEY_FILE, keys / PUB_FILE
 
 
+def write_public_key(private_key: Path, public_key: Path) -> None:
+    """Write the PEM public half of ``private_key`` to ``public_key`` (unless it holds it)."""
+    from cryptography.hazmat.primitives import serialization
+
+    pem = (
+        load_private_key(private_key)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    if not public_key.is_file() or public_key.read_bytes() != pem:
+        public_key.parent.mkdir(parents=True, exist_ok=True)
+        public_key.write_bytes(pem)
+
+
 def ensure_command_key(workdir: Path) -> tuple[Path, Path, bool]:
     """The command key pair of ``workdir``, made if missing; (private, public, created)."""
     priv, pub = key_paths(workdir)
     if priv.exists():
         if not pub.exists():
-            from cryptography.hazmat.primitives import serialization
-
-            key = load_private_key(priv).public_key()
-            pub.write_bytes(
-                key.public_bytes(
-                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-                )
-            )
+            write_public_key(priv, pub)
         return priv, pub, False
     made_priv, made_pub = generate_keypair(priv.parent / ".new-command-key", overwrite=True)
     os.replace(made_priv, priv)
