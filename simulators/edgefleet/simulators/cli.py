@@ -50,6 +50,15 @@ def run(  # noqa: PLR0917 - typer maps each parameter to an option
             show_default=False,
         ),
     ] = None,
+    command_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--command-key",
+            help="With --cloud: that cloud's command.pub (<its workdir>/keys/command.pub); the "
+            "simulated agents accept only commands signed by it.",
+            show_default=False,
+        ),
+    ] = None,
     with_cloud: Annotated[
         bool,
         typer.Option(
@@ -101,6 +110,7 @@ def run(  # noqa: PLR0917 - typer maps each parameter to an option
         broker=broker,
         cloud_url=cloud,
         token=token,
+        command_key=command_key,
         db_url=db,
         processes=processes,
         seed=seed,

@@ -43,7 +43,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from edgefleet.cloud.commandsigner import ensure_command_key
 from edgefleet.cloud.store.base import Assignment
 from edgefleet.edge.agent import Agent
 from edgefleet.edge.config import AgentConfig
@@ -124,7 +123,7 @@ class Trainers:
                 device, fleet, data_dir=sim.workdir / "trainers" / device,
                 host=url.hostname or "127.0.0.1", port=url.port or 1883, bundle=bundle,
                 public_key=sim.bundles.public_key, seed=900 + i,
-                command_key=ensure_command_key(sim.workdir / "cloud")[1],
+                command_key=sim.command_pub(),
             )
             for i, device in enumerate(self.ids)
         ]  # fmt: skip

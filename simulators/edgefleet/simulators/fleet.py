@@ -80,6 +80,8 @@ class SimOptions:
     cloud_url: str | None = None
     # The API token for --cloud (env EDGEFLEET_TOKEN); a cloud started here makes its own.
     token: str | None = None
+    # For --cloud: its command.pub; a cloud started here makes (and uses) its own key.
+    command_key: Path | None = None
     db_url: str | None = None
     processes: int = 1
     seed: int | None = None
@@ -104,8 +106,15 @@ class SimOptions:
             raise ConfigError("--processes must be at least 1")
         if self.devices is not None and self.devices < 1:
             raise ConfigError("--devices must be at least 1")
+        if self.command_key is not None:
+            object.__setattr__(self, "command_key", absolute(self.command_key))
         if self.cloud_url is not None:
             check_cloud_url(self.cloud_url)
+            if self.command_key is None:
+                raise ConfigError(
+                    "--cloud needs --command-key PATH: that cloud's keys/command.pub (agents "
+                    "refuse commands, commit-acks too, that no trusted key signed)"
+                )
             if self.db_url is not None:
                 raise ConfigError(
                     "--db is the store of the cloud the simulator starts (--with-cloud); "
@@ -298,6 +307,12 @@ class Simulation:
 
     # ------------------------------------------------------------------ running
 
+    def command_pub(self) -> Path:
+        """The public key the simulated agents accept commands from."""
+        if self.options.command_key is not None:
+            return self.options.command_key
+        return ensure_command_key(self.workdir / "cloud")[1]
+
     def _specs(self) -> list[WorkerSpec]:
         host, port = self._host_port()
         proxied = tuple(
@@ -331,7 +346,7 @@ class Simulation:
                     workdir=self.workdir,
                     bundles=self.bundle_dirs,
                     trusted_keys=(self.bundles.public_key,),
-                    command_keys=(ensure_command_key(self.workdir / "cloud")[1],),
+                    command_keys=(self.command_pub(),),
                     tuning=self.options.tuning,
                     proxied_groups=proxied,
                     drain_timeout=self.options.drain_timeout,
