@@ -41,6 +41,10 @@ Scalar = str | int | float | bool | None
 # cannot carry (docs/protocol.md, "Numbers"). A Sequence, so that producers pass list[float].
 Values = Sequence[float | None]
 MAX_BATCH = 1000
+# A command's target: a device id, or the broadcast level `_all`.
+Target = Annotated[
+    str, Meta(pattern=r"^(_all|[A-Za-z0-9][A-Za-z0-9._-]*)$", max_length=MAX_ID_LENGTH)
+]
 # An Ed25519 signature (64 bytes) or an HMAC-SHA256 (32 bytes), base64url without padding.
 SigText = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]*$", max_length=128)]
 
@@ -60,7 +64,7 @@ class Auth(Struct, frozen=True, kw_only=True):
     # ed25519: the signing key's id (edgefleet.protocol.signing.key_id); hmac: the device id.
     key_id: Annotated[str, Meta(max_length=64)]
     # Commands only: the device the command is for, or "_all" for a fleet broadcast.
-    target: Id | None = None
+    target: Target | None = None
     # Commands only: the signing instance (one per cloud process) and its sequence number,
     # strictly increasing per signer; the agent keeps a sliding window per signer (replays).
     signer: Id | None = None
