@@ -32,6 +32,11 @@ def test_demo_with_five_devices_for_thirty_seconds(cache: Path, tmp_path: Path) 
     assert re.search(r"^broker mqtt://127\.0\.0\.1:\d+$", out.stdout, re.M), out.stdout[:2000]
     assert re.search(r"^dashboard http://127\.0\.0\.1:\d+/$", out.stdout, re.M)
     assert "/dashboard" not in out.stdout
+    # The token its cloud made, to log in to the dashboard and call the API with.
+    token = re.search(r"^API token (ef_\S+) \(admin; also in (\S+)\)$", out.stdout, re.M)
+    assert token, out.stdout[:2000]
+    assert Path(token[2]).read_text().strip() == token[1]
+    assert re.search(r"^dashboard login http://127\.0\.0\.1:\d+/login", out.stdout, re.M)
     # Not a terminal: plain progress lines while the fleet streams, not one final panel.
     progress = re.findall(r"^\[\s*[\d.]+s\] running: \d/5 online", out.stdout, re.M)
     assert len(progress) >= 3, out.stdout[-3000:]
