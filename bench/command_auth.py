@@ -226,13 +226,20 @@ def main() -> None:
         priv, _pub, _ = ensure_command_key(Path(tmp) / "cloud")
         broker = MosquittoBroker(Path(tmp) / "broker").start()
         try:
-            db = f"sqlite:///{tmp}/bench.db"
-            run_ingest(broker, db, None)  # warm-up
+            # A fresh database per run: a growing one would favour whichever ran first.
+            def db() -> str:
+                return f"sqlite:///{tmp}/bench-{uuid.uuid4().hex[:8]}.db"
+
+            run_ingest(broker, db(), None)  # warm-up
             ratios, plain_rates, signed_rates, ed_ratios = [], [], [], []
-            for _ in range(REPEATS):
-                plain = run_ingest(broker, db, None)
-                signed = run_ingest(broker, db, priv)
-                ed = run_ingest(broker, db, priv, macs=False)
+            for i in range(REPEATS):
+                # Alternate the order within each triple, so drift favours no variant.
+                order = ["plain", "mac", "ed"] if i % 2 == 0 else ["ed", "mac", "plain"]
+                rate: dict[str, float] = {}
+                for variant in order:
+                    key = None if variant == "plain" else priv
+                    rate[variant] = run_ingest(broker, db(), key, macs=variant == "mac")
+                plain, signed, ed = rate["plain"], rate["mac"], rate["ed"]
                 plain_rates.append(plain)
                 signed_rates.append(signed)
                 ratios.append(signed / plain)
