@@ -13,8 +13,6 @@ from rich.console import Console
 from rich.table import Table
 
 from edgefleet.cloud.app import Cloud, CloudConfig, Retention
-from edgefleet.cloud.auth.cli import TokenOption
-from edgefleet.cloud.auth.cli import app as token_app
 from edgefleet.cloud.client import CloudClient
 from edgefleet.cloud.dashboard import DashboardSettings
 from edgefleet.cloud.dashboard.prometheus import SeriesLimits
@@ -22,6 +20,8 @@ from edgefleet.cloud.fl.runs.service import FlServiceSettings
 from edgefleet.cloud.homeassistant import HomeAssistantSettings
 from edgefleet.cloud.ingest import WorkerMode
 from edgefleet.cloud.mqtt import MqttVersion
+from edgefleet.cloud.tokens_cli import TokenOption
+from edgefleet.cloud.tokens_cli import app as token_app
 from edgefleet.protocol.errors import ConfigError
 
 app = typer.Typer(

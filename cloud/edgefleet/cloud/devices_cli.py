@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from edgefleet.cloud.auth.cli import TokenOption
 from edgefleet.cloud.client import CloudClient
+from edgefleet.cloud.tokens_cli import TokenOption
 
 app = typer.Typer(
     help="Remove devices from the cloud's fleet state.", no_args_is_help=True, add_completion=False

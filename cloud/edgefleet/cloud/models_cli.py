@@ -14,9 +14,9 @@ from rich.live import Live
 from rich.table import Table
 
 from edgefleet.cloud.assignments import parse_ref
-from edgefleet.cloud.auth.cli import TokenOption
 from edgefleet.cloud.client import CloudClient
 from edgefleet.cloud.errors import CloudError
+from edgefleet.cloud.tokens_cli import TokenOption
 from edgefleet.protocol.errors import BundleError, ConfigError
 
 # The states a target ends in; "timeout" is this command's own: no answer within --timeout.

@@ -1,4 +1,7 @@
-"""``edgefleet cloud token create|list|revoke``, and the ``--token`` option of API commands."""
+"""``edgefleet cloud token create|list|revoke``, and the ``--token`` option of API commands.
+
+Beside the auth package, not in it: the client imports auth's errors, and this imports the client.
+"""
 
 from __future__ import annotations
 
