@@ -264,10 +264,16 @@ def devices(
 def broker_config(
     *,
     out: Annotated[
-        Path, typer.Option(help="Directory to write mosquitto.conf and its files into.")
+        Path,
+        typer.Option(
+            help="Directory to write mosquitto.conf and its files into.", resolve_path=True
+        ),
     ],
     workdir: Annotated[
-        Path, typer.Option(help="The cloud's state directory (its CA is WORKDIR/identity/ca).")
+        Path,
+        typer.Option(
+            help="The cloud's state directory (its CA is WORKDIR/identity/ca).", resolve_path=True
+        ),
     ] = Path(".edgefleet-cloud"),
     hostname: Annotated[
         list[str] | None,
