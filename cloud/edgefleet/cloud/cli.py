@@ -136,8 +136,25 @@ def run(
             "(repeatable; *.example.com for subdomains). Others get 400 bad-host.",
         ),
     ] = None,
+    broker_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="The production broker's directory (`cloud broker-config --out`): provisioning "
+            "enrols devices there, revocation cuts them off.",
+            resolve_path=True,
+        ),
+    ] = None,
+    device_broker_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The broker URL provisioned devices dial (e.g. mqtts://broker.example:8883); "
+            "default: the cloud's own broker URL."
+        ),
+    ] = None,
 ) -> None:
     """Run ingest, the registry, the HTTP API and the dashboard until interrupted."""
+    from edgefleet.cloud.identity.service import IdentitySettings
+
     host, port = parse_hostport(http)
     config = CloudConfig(
         workdir=workdir,
@@ -163,6 +180,12 @@ def run(
         series_limits=SeriesLimits(max_devices=metrics_max_devices),
         fl=_fl_settings(workdir, fl_signing_key, fl_superlink, fl_public_address),
         allowed_hosts=tuple(allowed_host or ()),
+        broker_dir=broker_dir,
+        identity=IdentitySettings(
+            directory=workdir / "identity", device_broker_url=device_broker_url
+        )
+        if device_broker_url
+        else None,
     )
     console = Console(stderr=True)
     first_start = not (workdir / "auth.db").exists()
