@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from importlib import metadata
-from typing import Any
 
 from edgefleet.edge import watchdog
 from edgefleet.edge.commands import CommandHandler
@@ -31,10 +30,12 @@ from edgefleet.edge.installer import Installer
 from edgefleet.edge.link import Link, mqtt_transport
 from edgefleet.edge.outbox import Outbox
 from edgefleet.edge.pipeline import Pipeline
+from edgefleet.edge.provision import renewal_loop
 from edgefleet.edge.reports import Level, Reports
 from edgefleet.edge.sequencer import Sequencer
 from edgefleet.edge.slots import Hook, Slots
 from edgefleet.edge.sources import Source, attach_reporter, close_source, make_source
+from edgefleet.edge.supervision import supervise
 from edgefleet.edge.training import TrainingSessions
 from edgefleet.edge.transport.base import LinkHandler, Transport
 from edgefleet.edge.uplink import Uplink
@@ -198,9 +199,11 @@ class Agent:
         self.installer.log_serving()
         # sd_notify READY=1 and WATCHDOG=1 from this loop under systemd (a no-op elsewhere).
         tasks.append(loop.create_task(watchdog.serve(self), name="watchdog"))
+        # Renews a provisioned device's certificate before it expires (returns at once if not).
+        tasks.append(loop.create_task(renewal_loop(cfg, self._stop), name="renewal"))
         failed: tuple[str, BaseException] | None = None
         try:
-            failed = await self._supervise(tasks)
+            failed = await supervise(tasks, self._stop, self.crash)
         finally:
             await self._shutdown(tasks)
         if failed is not None:
@@ -236,40 +239,6 @@ class Agent:
             await close_source(self.source)
         for pool in self._own:
             pool.shutdown(wait=False, cancel_futures=True)
-
-    async def _supervise(self, tasks: list[asyncio.Task[None]]) -> tuple[str, BaseException] | None:
-        """Wait for :meth:`stop`/:meth:`crash`, or for a task to fail: return (name, error).
-
-        A device whose inference, uplink, transport or health task died would keep its
-        retained "online" status while doing nothing; failing the whole agent instead lets
-        the will announce it and a service manager restart it. The inference task ending
-        without an error (the source ran out of data) is not a failure.
-        """
-        stopped = asyncio.ensure_future(self._stop.wait())
-        watched: set[asyncio.Future[Any]] = set(tasks)
-        try:
-            while True:
-                done, _ = await asyncio.wait(
-                    watched | {stopped}, return_when=asyncio.FIRST_COMPLETED
-                )
-                if stopped in done:
-                    return None
-                for task in done:
-                    watched.discard(task)
-                    if task.cancelled():
-                        continue
-                    exc = task.exception()
-                    if exc is not None:
-                        name = task.get_name() if isinstance(task, asyncio.Task) else "agent"
-                        log.error(
-                            "the %s task failed: stopping without a clean disconnect",
-                            name,
-                            exc_info=exc,
-                        )
-                        self.crash()
-                        return name, exc
-        finally:
-            stopped.cancel()
 
     def stop(self) -> None:
         """Shut down cleanly: flush to the outbox, publish "offline", DISCONNECT."""
