@@ -10,7 +10,10 @@ pairs, median ratio; bench/cloud_ingest.py's method).
 Metrics: verify_us_per_command (Ed25519, agent), verify_us_per_commit_hmac,
 decode_us_per_command (no check), sign_us_per_commit_ed25519, sign_us_per_commit_hmac,
 seal_us_per_batch, ingest_over_unsigned (target >= 0.95), and
-ingest_ed25519_commits_over_unsigned (every commit-ack signed with Ed25519 instead).
+ingest_ed25519_commits_over_unsigned (every commit-ack signed with Ed25519 instead), and the
+stage's CPU per message by variant (stage_cpu_mac_over_unsigned: CPU, not throughput);
+core_unsigned_over_mac: the same stage work in this process alone (the least noisy figure:
+the throughput ratios swing with whatever else the machine runs).
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ RECORDS_PER_MESSAGE = 5
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 MICRO_N = int(os.environ.get("BENCH_MICRO", "3000"))
 TOTAL = PUBLISHERS * MESSAGES_PER_PUBLISHER
+# CPU microseconds per message of the ingest's stage (decode, checks, store), by variant: less
+# sensitive than throughput to other work on a shared machine.
+STAGE_CPU_US: dict[str, list[float]] = {}
 
 
 def _per_us(fn: Any, items: list[Any]) -> float:
@@ -130,6 +136,58 @@ def micro(workdir: Path) -> dict[str, float]:
     return {k: round(v, 2) for k, v in out.items()}
 
 
+def core_ratio(workdir: Path) -> dict[str, float]:
+    """The ingest stage's own work per message (check, decode, batch, store), in process.
+
+    Alternating unsigned and MAC'd chunks of 2,000 messages into one IngestCore each and a
+    fresh SQLite file each: no broker and no other process, so the least noisy comparison.
+    """
+    from edgefleet.cloud.ingest.base import Chunk
+    from edgefleet.cloud.ingest.core import IngestCore
+
+    key = os.urandom(32)
+    times: dict[str, list[float]] = {"plain": [], "mac": []}
+    for i in range(2 * REPEATS + 2):
+        variant = "plain" if i % 2 == 0 else "mac"
+        store = open_store(f"sqlite:///{workdir}/core-{i}.db")
+        dev = f"c{i}"
+        if variant == "mac":
+            RecordKeys(store).register(dev, key)
+        topic = topics.telemetry("f", dev, "accel")
+        chunk: list[tuple[bytes, bytes | bytearray]] = []
+        for m in range(2000):
+            recs = [
+                ReadingRecord(seq=m * 5 + r, t=time.time(), values=[1.0, 2.0, 3.0])
+                for r in range(5)
+            ]
+            msg = ReadingBatch(
+                device_id=dev, boot_id="b", seq=m * 5, sent_at=time.time(),
+                channels=["x", "y", "z"], records=recs,
+            )  # fmt: skip
+            payload = codec.encode(msg)
+            if variant == "mac":
+                payload = seal_record(key, topic, payload, dev)
+            chunk.append((topic.encode(), payload))
+        settings = IngestSettings(
+            broker_url="mqtt://unused:1883", throttle_rate=1e9, throttle_burst=1e9
+        )
+        core = IngestCore(settings, store)
+        t0 = time.process_time()
+        for j in range(0, len(chunk), 500):
+            core.feed(Chunk(time.time(), chunk[j : j + 500]))
+            core.flush()
+        spent = time.process_time() - t0
+        store.close()
+        if i >= 2:  # the first pair warms up imports and the page cache
+            times[variant].append(spent / len(chunk) * 1e6)
+    plain, mac = statistics.median(times["plain"]), statistics.median(times["mac"])
+    return {
+        "core_cpu_us_per_msg_unsigned": round(plain, 2),
+        "core_cpu_us_per_msg_mac": round(mac, 2),
+        "core_unsigned_over_mac": round(plain / mac, 3),
+    }
+
+
 def _publisher(host: str, port: int, fleet: str, index: int, key: bytes | None, go: Any) -> None:
     device = f"{fleet}-p{index}"
     boot = uuid.uuid4().hex[:12]
@@ -163,7 +221,12 @@ def _publisher(host: str, port: int, fleet: str, index: int, key: bytes | None, 
 
 
 def run_ingest(
-    broker: MosquittoBroker, db_url: str, command_key: Path | None, *, macs: bool = True
+    broker: MosquittoBroker,
+    db_url: str,
+    command_key: Path | None,
+    *,
+    macs: bool = True,
+    variant: str = "",
 ) -> float:
     """Messages per second one worker drains from a backlog.
 
@@ -210,6 +273,7 @@ def run_ingest(
     t0 = w.stats.connected_at or end
     got = w.stats.messages
     bad = w.stats.quarantined
+    STAGE_CPU_US.setdefault(variant, []).append(w.stats.stage_cpu_s / max(got, 1) * 1e6)
     w.stop()
     w.store.close()
     store.close()
@@ -222,6 +286,7 @@ def main() -> None:
     metrics: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         metrics.update(micro(Path(tmp) / "micro"))
+        metrics.update(core_ratio(Path(tmp)))
         print(metrics)
         priv, _pub, _ = ensure_command_key(Path(tmp) / "cloud")
         broker = MosquittoBroker(Path(tmp) / "broker").start()
@@ -238,7 +303,9 @@ def main() -> None:
                 rate: dict[str, float] = {}
                 for variant in order:
                     key = None if variant == "plain" else priv
-                    rate[variant] = run_ingest(broker, db(), key, macs=variant == "mac")
+                    rate[variant] = run_ingest(
+                        broker, db(), key, macs=variant == "mac", variant=variant
+                    )
                 plain, signed, ed = rate["plain"], rate["mac"], rate["ed"]
                 plain_rates.append(plain)
                 signed_rates.append(signed)
@@ -254,6 +321,10 @@ def main() -> None:
                 "max": round(max(ratios), 3),
             }
             metrics["ingest_ed25519_commits_over_unsigned"] = round(statistics.median(ed_ratios), 3)
+            cpu = {k: statistics.median(v) for k, v in STAGE_CPU_US.items() if k}
+            for k, v in cpu.items():
+                metrics[f"stage_cpu_us_per_msg_{k}"] = round(v, 1)
+            metrics["stage_cpu_mac_over_unsigned"] = round(cpu["mac"] / cpu["plain"], 3)
             metrics["ingest_unsigned_per_s"] = round(statistics.median(plain_rates), 1)
             metrics["ingest_signed_per_s"] = round(statistics.median(signed_rates), 1)
         finally:
