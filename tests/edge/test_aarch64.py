@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from support.aarch64_root import Aarch64Root, build_tarball, enable_binfmt
 from support.edge_agent import agent_toml
-from support.trust import command_public_key
+from support.trust import command_private_key, command_public_key
 
 from edgefleet.cloud.app import Cloud, CloudConfig
 from edgefleet.cloud.broker import MosquittoBroker
@@ -123,6 +123,8 @@ def test_the_agent_runs_on_aarch64_under_qemu(
     cloud = Cloud(
         CloudConfig(
             workdir=tmp_path / "cloud",
+            # The agents trust the test command key (support.trust): this cloud signs with it.
+            command_key=command_private_key(),
             broker_url=broker.url,
             http_port=0,
             batch_max_delay_s=0.02,

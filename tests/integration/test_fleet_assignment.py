@@ -16,6 +16,7 @@ import pytest
 from support.cloud_auth import client as auth_client
 from support.edge_agent import AgentThread, agent_toml, make_config
 from support.models_zoo import Zoo, shared_zoo
+from support.trust import command_private_key
 
 from edgefleet.cloud.app import Cloud, CloudConfig
 from edgefleet.cloud.auth import DownloadGrants
@@ -73,6 +74,8 @@ def fleet(
     cloud = Cloud(
         CloudConfig(
             workdir=tmp_path / "cloud",
+            # The agents trust the test command key (support.trust): this cloud signs with it.
+            command_key=command_private_key(),
             broker_url=mosquitto.url,
             http_port=0,
             fleet="default",

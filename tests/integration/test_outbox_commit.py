@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from support.edge_agent import AgentThread, agent_toml, make_config
+from support.trust import command_private_key
 
 from edgefleet.cloud.app import Cloud, CloudConfig
 from edgefleet.cloud.broker import MosquittoBroker
@@ -39,6 +40,8 @@ def test_outbox_keeps_rows_until_the_cloud_commits(
     cloud = Cloud(
         CloudConfig(
             workdir=tmp_path / "cloud",
+            # The agents trust the test command key (support.trust): this cloud signs with it.
+            command_key=command_private_key(),
             broker_url=broker.url,
             http_port=0,
             batch_max_delay_s=0.02,

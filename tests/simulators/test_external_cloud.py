@@ -65,6 +65,7 @@ def test_a_fleet_against_a_cloud_in_another_process(
     out = run_cli(
         ["sim", "run", "--devices", "3", "--duration", "4", "--scenario", str(scenario),
          "--broker", mosquitto.url, "--cloud", cloud.http_url, "--token", token, "--no-live",
+         "--command-key", str(cloud.workdir / "keys" / "command.pub"),
          "--workdir", str(tmp_path / "w"), "--report", str(tmp_path / "r.json")],
         cache,
         timeout=200,
@@ -100,7 +101,7 @@ def test_a_fleet_against_a_cloud_in_another_process(
     again = run_simulation(
         SimOptions(devices=3, duration=3.0, scenario=parse_scenario(loggers()),
                    broker=mosquitto.url, cloud_url=cloud.http_url, token=token,
-                   workdir=tmp_path / "w2",
+                   command_key=cloud.workdir / "keys" / "command.pub", workdir=tmp_path / "w2",
                    cache_dir=cache, live=False)
     )  # fmt: skip
     assert again.ok, again.invariants
@@ -117,7 +118,7 @@ def test_records_the_cloud_never_stored_fail_the_run(
     report = run_simulation(
         SimOptions(devices=2, duration=3.0, scenario=parse_scenario(loggers("elsewhere")),
                    broker=mosquitto.url, cloud_url=cloud.http_url, token=admin_token(cloud.workdir),
-                   workdir=tmp_path,
+                   command_key=cloud.workdir / "keys" / "command.pub", workdir=tmp_path,
                    cache_dir=cache, live=False, drain_timeout=3.0)
     )  # fmt: skip
     assert report.ok is False
@@ -131,12 +132,25 @@ def test_records_the_cloud_never_stored_fail_the_run(
 
 def test_cloud_options_are_checked(tmp_path: Path) -> None:
     spec = parse_scenario(loggers())
+    key = tmp_path / "command.pub"
+    with pytest.raises(ConfigError, match="--cloud needs --command-key PATH"):
+        SimOptions(devices=1, duration=5, scenario=spec, cloud_url="http://c:8080")
     with pytest.raises(ConfigError, match="needs --broker mqtt://HOST:PORT"):
-        Simulation(SimOptions(devices=1, duration=5, scenario=spec, cloud_url="http://c:8080"))
+        Simulation(
+            SimOptions(
+                devices=1, duration=5, scenario=spec, cloud_url="http://c:8080", command_key=key
+            )
+        )
     with pytest.raises(ConfigError, match=r"a running cloud \(--cloud URL\) keeps its own"):
-        SimOptions(devices=1, scenario=spec, cloud_url="http://c:8080", db_url="sqlite:///x")
+        SimOptions(
+            devices=1,
+            scenario=spec,
+            cloud_url="http://c:8080",
+            db_url="sqlite:///x",
+            command_key=key,
+        )
     with pytest.raises(ConfigError, match="give the cloud's API as http://HOST:PORT"):
-        SimOptions(devices=1, scenario=spec, cloud_url="mqtt://c:1883")
+        SimOptions(devices=1, scenario=spec, cloud_url="mqtt://c:1883", command_key=key)
     result = CliRunner().invoke(
         sim_app,
         ["run", "--cloud", "http://c:8080", "--with-cloud", "--workdir", str(tmp_path)],
@@ -151,6 +165,7 @@ def test_an_unreachable_cloud_is_named(
     sim = Simulation(
         SimOptions(devices=1, duration=5, scenario=parse_scenario(loggers()),
                    broker=mosquitto.url, cloud_url="http://127.0.0.1:9", workdir=tmp_path,
+                   command_key=tmp_path / "command.pub",
                    cache_dir=cache, live=False)
     )  # fmt: skip
     try:
