@@ -50,7 +50,13 @@ class Part:
 
 
 PARTS: dict[str, Part] = {
-    "agent": Part("edgefleet.edge.cli", "edge", "Run and inspect the device agent."),
+    "agent": Part(
+        "edgefleet.edge.cli",
+        "edge",
+        "Run and inspect the device agent; deploy it over SSH.",
+        # `agent deploy` runs on a laptop and talks to the cloud API: cloud side of the layering.
+        also=("edgefleet.cloud.deploy",),
+    ),
     "bridge": Part(
         "edgefleet.firmware_bridge.cli",
         "edge",
@@ -111,6 +117,7 @@ MODULE_EXTRAS: dict[str, str] = {
     "scipy": "cloud",
     "amqtt": "broker",
     "yaml": "sim",
+    "asyncssh": "deploy",
 }
 # The extras each extra pulls in, transitively (pyproject.toml): the part's own extra is the
 # better advice whenever it already holds the missing module (`sim` needs uvicorn: install sim).
@@ -119,9 +126,10 @@ EXTRA_INCLUDES: dict[str, frozenset[str]] = {
     "fl": frozenset(),
     "fl-sim": frozenset(),
     "broker": frozenset(),
+    "deploy": frozenset(),
     "cloud": frozenset({"edge"}),
     "sim": frozenset({"edge", "cloud", "broker"}),
-    "all": frozenset({"edge", "fl", "fl-sim", "cloud", "broker", "sim"}),
+    "all": frozenset({"edge", "fl", "fl-sim", "cloud", "broker", "sim", "deploy"}),
 }
 
 
