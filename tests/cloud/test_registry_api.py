@@ -133,8 +133,14 @@ def test_assign_publishes_and_tracks_acks(cloud: Cloud, keys, tmp_path: Path, mo
                 devs[1].device_id: ("refused", "bad-signature"),
                 devs[2].device_id: ("sent", None),
             }
-            by_tag = http.post("/v1/assignments", json={"model": "kws@1.0.0", "tag": "canary"})
+            assert devs[2].commands[0].rollback is False
+            # An operator's deliberate rollback is said in the signed command itself.
+            by_tag = http.post(
+                "/v1/assignments", json={"model": "kws@1.0.0", "tag": "canary", "rollback": True}
+            )
             assert [t["device_id"] for t in by_tag.json()["targets"]] == [devs[2].device_id]
+            assert devs[2].wait(lambda: len(devs[2].commands) == 2)
+            assert devs[2].commands[1].rollback is True
             bad = http.post("/v1/assignments", json={"model": "kws@1.0.0", "devices": ["ghost"]})
             assert bad.status_code == 422
             assert bad.json()["reason"] == "no-targets"

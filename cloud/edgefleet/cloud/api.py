@@ -131,6 +131,10 @@ class AssignRequest(BaseModel):
         False,
         description="repurpose the devices: another task or label set than they serve now",
     )
+    rollback: bool = Field(
+        False,
+        description="an older version on purpose: without it agents refuse a downgrade",
+    )
 
 
 class ForgetResult(BaseModel):
@@ -449,6 +453,7 @@ def create_app(services: CloudServices) -> FastAPI:  # noqa: PLR0915 - one state
             rollout_id=body.rollout_id,
             wave=body.wave,
             allow_task_change=body.allow_task_change,
+            rollback=body.rollback,
         )
 
     @app.get("/v1/assignments", tags=["assignments"], dependencies=viewer)

@@ -22,6 +22,7 @@ from edgefleet.cloud.ingest import WorkerMode
 from edgefleet.cloud.mqtt import MqttVersion
 from edgefleet.cloud.tokens_cli import TokenOption
 from edgefleet.cloud.tokens_cli import app as token_app
+from edgefleet.cloud.trust import RecordMacPolicy
 from edgefleet.protocol.errors import ConfigError
 
 app = typer.Typer(
@@ -144,6 +145,21 @@ def run(
             resolve_path=True,
         ),
     ] = None,
+    command_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="The command-signing key (PEM, Ed25519); default WORKDIR/keys/command.key, "
+            "made at first start.",
+            resolve_path=True,
+        ),
+    ] = None,
+    record_macs: Annotated[
+        str,
+        typer.Option(
+            help="when-registered (laptop default: devices without a record key are accepted "
+            "unauthenticated) or required (their records are quarantined)."
+        ),
+    ] = "when-registered",
     device_broker_url: Annotated[
         str | None,
         typer.Option(
@@ -181,6 +197,8 @@ def run(
         fl=_fl_settings(workdir, fl_signing_key, fl_superlink, fl_public_address),
         allowed_hosts=tuple(allowed_host or ()),
         broker_dir=broker_dir,
+        command_key=command_key,
+        record_macs=_record_macs(record_macs),
         identity=IdentitySettings(
             directory=workdir / "identity", device_broker_url=device_broker_url
         )
@@ -211,6 +229,12 @@ def run(
                 time.sleep(3600)
         except KeyboardInterrupt:
             console.print("stopping")
+
+
+def _record_macs(value: str) -> RecordMacPolicy:
+    if value not in ("when-registered", "required"):
+        raise ConfigError(f"--record-macs {value!r}: use when-registered or required")
+    return value  # type: ignore[return-value]
 
 
 def _print_admin_token(console: Console, cloud: Cloud, workdir: Path, *, first_start: bool) -> None:

@@ -80,6 +80,12 @@ def assign(
         bool,
         typer.Option(help="Repurpose the devices: another task or label set than they serve."),
     ] = False,
+    rollback: Annotated[
+        bool,
+        typer.Option(
+            help="Assign an older version on purpose (agents refuse a downgrade without it)."
+        ),
+    ] = False,
     wait: Annotated[
         bool,
         typer.Option(
@@ -101,6 +107,8 @@ def assign(
     )
     if allow_task_change:
         selector["allow_task_change"] = True
+    if rollback:
+        selector["rollback"] = True
     client = CloudClient(cloud, token=token)
     a = client.assign(ref, **selector)
     console = Console()
