@@ -505,8 +505,9 @@ async def _install(  # noqa: PLR0917 - private, one call site
     if opts.wheel is not None or not opts.from_index:
         assert remote is not None
         spec = f"edgefleet[edge] @ file://{remote / files[0].name}"
+        package = str(remote / files[0].name)  # install adds the edge extra to a wheel file
     else:
-        spec = f"edgefleet[edge]=={version}"
+        spec = package = f"edgefleet[edge]=={version}"
     try:
         if have is None:
             step("making the venv")
@@ -536,7 +537,7 @@ async def _install(  # noqa: PLR0917 - private, one call site
                 stdin=claim + "\n",
             )
         step("installing the service")
-        install = f"{edgefleet} agent install --venv {VENV} --package {shlex.quote(spec)}"
+        install = f"{edgefleet} agent install --venv {VENV} --package {shlex.quote(package)}"
         if opts.install_root != PurePosixPath("/"):
             install += f" --root {shlex.quote(str(opts.install_root))}"
         if opts.start_command is not None:
