@@ -275,6 +275,7 @@ class Cloud:
             f"{cfg.node_id}-cmd-{secrets.token_hex(3)}",
             version=version,
             signer=CommandSigner(command_key),
+            record_keys=RecordKeys(self.store),
         ).start(timeout)
         if self.http_port == 0:
             self.http_port = free_port(cfg.http_host or "127.0.0.1")

@@ -385,7 +385,7 @@ class CommandGuard:
     def __init__(
         self,
         device_id: str,
-        command_keys: Sequence[Ed25519PublicKey] = (),
+        command_keys: Sequence[Ed25519PublicKey | CommandKey] = (),
         record_key: bytes | None = None,
         *,
         clock: Callable[[], float] = time.time,
@@ -396,7 +396,7 @@ class CommandGuard:
         from edgefleet.protocol.signing import key_id
 
         self.device_id = device_id
-        self._keys = {key_id(k): k for k in command_keys}
+        self._keys = {k.key_id if isinstance(k, CommandKey) else key_id(k): k for k in command_keys}
         self._record_key = record_key
         self._clock = clock
         self._monotonic = monotonic
@@ -496,11 +496,65 @@ class CommandGuard:
             raise AuthError("the command's signature does not match") from None
 
 
-def load_command_keys(paths: Iterable[str | Path]) -> list[Ed25519PublicKey]:
-    """The public keys that may sign commands (``[trust] command_keys``)."""
-    from edgefleet.protocol.signing import load_public_key
+# An Ed25519 SubjectPublicKeyInfo is this fixed DER prefix and the 32-byte key (RFC 8410).
+_ED25519_SPKI_PREFIX: Final = bytes.fromhex("302a300506032b6570032100")
 
-    return [load_public_key(Path(p)) for p in paths]
+
+class CommandKey:
+    """An Ed25519 public key that may sign commands, read without ``cryptography``.
+
+    ``cryptography`` costs the agent about 8 MB of RSS (docs/agent.md). A provisioned device
+    gets its commit-acks and its own commands MAC'd with its record key (stdlib ``hmac``), so
+    the library is imported only when an Ed25519-signed command (a broadcast, or any command to
+    a device without a record key) is first verified.
+    """
+
+    __slots__ = ("_key", "key_id", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        if len(raw) != 32:
+            raise KeyFileError("an Ed25519 public key is 32 bytes")
+        self.raw = raw
+        # The same id as edgefleet.protocol.signing.key_id, without loading cryptography.
+        self.key_id = hashlib.sha256(raw).hexdigest()[:16]
+        self._key: Ed25519PublicKey | None = None
+
+    @classmethod
+    def from_pem(cls, path: Path) -> CommandKey:
+        """Read a PEM Ed25519 public key (``keys/command.pub``), raising with the fix."""
+        try:
+            text = Path(path).read_text("ascii")
+        except OSError as exc:
+            raise KeyFileError(f"cannot read public key {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise KeyFileError(f"{path} is not a PEM public key") from None
+        lines = [ln.strip() for ln in text.strip().splitlines()]
+        if (
+            len(lines) < 3
+            or lines[0] != "-----BEGIN PUBLIC KEY-----"
+            or (lines[-1] != "-----END PUBLIC KEY-----")
+        ):
+            raise KeyFileError(f"{path} is not a PEM public key")
+        try:
+            der = base64.b64decode("".join(lines[1:-1]), validate=True)
+        except binascii.Error:
+            raise KeyFileError(f"{path} is not a PEM public key (bad base64)") from None
+        if len(der) != 44 or not der.startswith(_ED25519_SPKI_PREFIX):
+            raise KeyFileError(f"{path} is not an Ed25519 public key")
+        return cls(der[len(_ED25519_SPKI_PREFIX) :])
+
+    def verify(self, signature: bytes, data: bytes) -> None:
+        """Raise ``cryptography.exceptions.InvalidSignature`` unless ``signature`` is good."""
+        if self._key is None:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+            self._key = Ed25519PublicKey.from_public_bytes(self.raw)
+        self._key.verify(signature, data)
+
+
+def load_command_keys(paths: Iterable[str | Path]) -> list[CommandKey]:
+    """The public keys that may sign commands (``[trust] command_keys``)."""
+    return [CommandKey.from_pem(Path(p)) for p in paths]
 
 
 def key_digest(key: bytes) -> str:
