@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -256,3 +257,142 @@ def test_the_agent_serves_without_writable_executable_memory(
         proc.wait(20)
         sock.close()
     assert proc.returncode == 0, log.read_text()
+
+
+# ---------------------------------------------------------------------------- upgrade
+
+PROBE = '''"""Stands in for the edgefleet console script: logs its argv, exits with CODE."""
+import json, os, sys
+
+CODE = {code}
+
+
+def main() -> None:
+    log = os.environ.get("EDGEFLEET_UPGRADE_PROBE_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(json.dumps(["{version}", sys.argv[1:]]) + "\\n")
+    if CODE:
+        print("probe {version}: check failed", file=sys.stderr)
+    sys.exit(CODE)
+'''
+
+
+def probe_wheel(tmp_path: Path, version: str, check_exit: int) -> Path:
+    """A wheel of the distribution ``edgefleet`` whose ``edgefleet`` script exits ``check_exit``.
+
+    Same distribution name, so pip really replaces the venv's edgefleet with it, as an upgrade
+    does; upgrade only runs that script and reads the version, so nothing else is needed.
+    """
+    import base64
+    import hashlib
+    import zipfile
+
+    out = tmp_path / f"wheels-{version}-{check_exit}"
+    out.mkdir()
+    wheel = out / f"edgefleet-{version}-py3-none-any.whl"
+    info = f"edgefleet-{version}.dist-info"
+    files = {
+        "edgefleet_upgrade_probe.py": PROBE.format(code=check_exit, version=version),
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: edgefleet\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+        f"{info}/entry_points.txt": "[console_scripts]\nedgefleet = edgefleet_upgrade_probe:main\n",
+    }
+    record = []
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name, text in files.items():
+            data = text.encode()
+            z.writestr(name, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            record.append(f"{name},sha256={digest.decode()},{len(data)}")
+        record.append(f"{info}/RECORD,,")
+        z.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
+    return wheel
+
+
+def tree(path: Path) -> dict[str, str]:
+    """Every file under ``path``: its content's hash, or a symlink's target."""
+    import hashlib
+
+    out: dict[str, str] = {}
+    for p in sorted(path.rglob("*")):
+        rel = p.relative_to(path).as_posix()
+        if p.is_symlink():
+            out[rel] = "-> " + os.readlink(p)
+        elif p.is_file():
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def venv_version(root: Path) -> str:
+    python = root / "opt/edgefleet/venv/bin/python"
+    code = "from importlib.metadata import version; print(version('edgefleet'))"
+    return subprocess.run(
+        [str(python), "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+@pytest.mark.slow(seconds=30)
+def test_upgrade_rolls_the_venv_back_when_the_new_version_fails_its_check(tmp_path, monkeypatch):
+    root = staging_root(tmp_path)
+    cfg = device_config(tmp_path)
+    log = tmp_path / "probe.log"
+    monkeypatch.setenv("EDGEFLEET_UPGRADE_PROBE_LOG", str(log))
+    # A real install: its own venv under the root, pip installing version 1.0 into it.
+    cli(
+        "install",
+        "--root",
+        str(root),
+        "-c",
+        str(cfg),
+        "--package",
+        str(probe_wheel(tmp_path, "1.0", 0)),
+    )
+    assert venv_version(root) == "1.0"
+    venv = root / "opt/edgefleet/venv"
+    service = {
+        "unit": (root / "etc/systemd/system/edgefleet-agent.service").read_text(),
+        "config": (root / "etc/edgefleet/agent.toml").read_text(),
+        "wants": os.readlink(
+            root / "etc/systemd/system/multi-user.target.wants/edgefleet-agent.service"
+        ),
+    }
+    before = tree(venv)
+    site = "lib/python{}.{}/site-packages".format(*sys.version_info[:2])
+    assert f"{site}/edgefleet-1.0.dist-info/METADATA" in before
+
+    failed = cli(
+        "upgrade",
+        "--root",
+        str(root),
+        "--package",
+        str(probe_wheel(tmp_path, "2.0", 3)),
+        check=False,
+    )
+    assert failed.returncode != 0
+    said = failed.stdout + failed.stderr
+    assert "rolled back to 1.0" in said, said
+    assert "probe 2.0: check failed" in said
+    # 2.0 really was installed and checked against the installed config, then taken away.
+    config = str(root / "etc/edgefleet/agent.toml")
+    checks = [json.loads(line) for line in log.read_text().splitlines()]
+    assert checks == [["2.0", ["agent", "check", "--no-broker", "-c", config]]]
+    assert venv_version(root) == "1.0"
+    assert tree(venv) == before
+    assert not (root / "opt/edgefleet/venv.rollback").exists()
+    assert service == {
+        "unit": (root / "etc/systemd/system/edgefleet-agent.service").read_text(),
+        "config": (root / "etc/edgefleet/agent.toml").read_text(),
+        "wants": os.readlink(
+            root / "etc/systemd/system/multi-user.target.wants/edgefleet-agent.service"
+        ),
+    }
+
+    # A version that passes its check stays, and the copy of the old venv is dropped.
+    done = cli("upgrade", "--root", str(root), "--package", str(probe_wheel(tmp_path, "2.1", 0)))
+    assert "upgraded 1.0 -> 2.1" in done.stdout
+    assert venv_version(root) == "2.1"
+    assert json.loads(log.read_text().splitlines()[-1])[0] == "2.1"
+    assert not (root / "opt/edgefleet/venv.rollback").exists()
+    assert (root / "etc/systemd/system/edgefleet-agent.service").read_text() == service["unit"]
