@@ -26,7 +26,10 @@ KEYS = {
     OFF: FL_KEYS.replace("enabled = true", "enabled = false"),
     STARVED: FL_KEYS.replace("min_samples = 32", "min_samples = 1000000"),
 }
-QUORUM_TIMEOUT_S = 60
+# Long enough that waiting it out cannot pass for failing fast: the run must end in well under
+# half of it (starting a SuperLink alone takes 10-30 s on a loaded 2-core machine).
+QUORUM_TIMEOUT_S = 300
+FAST_S = QUORUM_TIMEOUT_S / 2
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +68,12 @@ def test_a_run_every_device_refuses_fails_fast_with_their_reasons(
             lambda: (
                 (s := run_state(setup.client, run["id"]))["state"] in ("finished", "failed") and s
             ),
-            QUORUM_TIMEOUT_S,
+            FAST_S,
             "the run to end",
         )
         took = time.monotonic() - began
         assert done["state"] == "failed"
-        assert took < 20, f"the run waited {took:.0f} s for a quorum it could not reach"
+        assert took < FAST_S, f"the run waited {took:.0f} s for a quorum it could not reach"
         assert done["reason"] == "fl-quorum"
         assert "quorum cannot be reached: 2 of 2 device(s) refused or failed" in done["error"]
         _reasons_named(done["error"])
@@ -94,7 +97,7 @@ def test_a_run_every_device_refuses_fails_fast_with_their_reasons(
              "--token", str(setup.cloud.admin_token),
              "--quorum-timeout", str(QUORUM_TIMEOUT_S)],
         )  # fmt: skip
-        assert time.monotonic() - began < 30
+        assert time.monotonic() - began < FAST_S
         assert isinstance(result.exception, FlRunError), result.output
         _reasons_named(str(result.exception))
         assert f"{OFF}: refused (fl-disabled" in result.output
