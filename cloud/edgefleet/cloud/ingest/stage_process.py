@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import logging
 import multiprocessing as mp
 import queue
@@ -191,6 +192,10 @@ def run_child(
     results.send(READY)
     sender.start()
     core = IngestCore(settings, store)
+    # What the imports and the store made lives as long as the process: frozen, a full
+    # collection no longer walks it (10-40 ms each when it did, measured in process).
+    gc.collect()
+    gc.freeze()
     cpu = time.process_time()
 
     def emit(outcome: Outcome) -> None:
