@@ -80,6 +80,16 @@ def test_mcu_commands_from_the_broker_reach_the_emulated_mcu_and_are_acked(
                 source = agent.source
                 assert isinstance(source, SerialSource)
                 await wait_until(lambda: source.link.connected, 10, "the port to open")
+                # The birth follows the command subscription on the same connection: once the
+                # broker has passed it on, a command published now is not lost (on a loaded
+                # machine the agent may connect well after it is ready).
+                await wait_until(
+                    lambda: any(
+                        st.device_id == DEVICE and st.state == "online" for st in acker.statuses
+                    ),
+                    30,
+                    "the agent's birth",
+                )
 
                 ack = await send("m-act", McuActuator(index=1, value=0.75))
                 assert (ack.status, ack.reason) == ("succeeded", None), ack
