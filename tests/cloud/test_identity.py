@@ -198,8 +198,17 @@ def test_the_agent_renews_a_short_lived_certificate_before_it_expires(
     tmp_path: Path, mosquitto: MosquittoBroker
 ) -> None:
     with _cloud(tmp_path, mosquitto, cert_lifetime_s=8.0) as cloud:
-        done = provision(cloud.http_url, _claim(cloud), tmp_path / "etc", device_id="pi-s")
+        # An absolute state directory, as /var/lib/edgefleet beside /etc/edgefleet: what renewal
+        # rewrites lives there, and the config directory (read-only to the installed service,
+        # ProtectSystem=strict) is never written to.
+        state = tmp_path / "state"
+        done = provision(
+            cloud.http_url, _claim(cloud), tmp_path / "etc", device_id="pi-s", data_dir=str(state)
+        )
         cfg = load_config(done.config)
+        assert Path(str(cfg.identity.cert_file)).parent == state / "identity"
+        assert Path(str(cfg.fl.auth_private_key)).parent == state / "identity"
+        etc_before = {p.name: p.read_bytes() for p in (tmp_path / "etc").iterdir() if p.is_file()}
         assert renew_if_due(cfg) is None  # most of its validity is ahead
         first = edge_provision.validity(Path(str(cfg.identity.cert_file)))
         old_key = Path(str(cfg.identity.key_file)).read_bytes()
@@ -237,6 +246,8 @@ def test_the_agent_renews_a_short_lived_certificate_before_it_expires(
             Path(str(cfg.fl.auth_private_key)).read_bytes(), None
         )
         assert node.public_key() == cert.public_key()
+        etc_after = {p.name: p.read_bytes() for p in (tmp_path / "etc").iterdir() if p.is_file()}
+        assert etc_after == etc_before
         states = httpx.get(f"{cloud.http_url}/v1/identities", headers=_admin(cloud)).json()
         assert sorted(s["state"] for s in states) == ["active", "superseded"]
 

@@ -171,12 +171,14 @@ def _config_text(
     data_dir: str = "data",
 ) -> str:
     host, port, tls = _broker(answer["broker_url"])
+    ident = files.get("identity", "")
+    cert, key = json.dumps(ident + DEVICE_CERT), json.dumps(ident + DEVICE_KEY)
     mqtt = [f"host = {json.dumps(host)}", f"port = {port}", f"tls = {str(tls).lower()}"]
     if tls:
         mqtt += [
             f'ca_file = "{CA_CERT}"',
-            f'cert_file = "{DEVICE_CERT}"',
-            f'key_file = "{DEVICE_KEY}"',
+            f"cert_file = {cert}",
+            f"key_file = {key}",
         ]
     if answer.get("mqtt_username"):
         mqtt += [
@@ -206,14 +208,14 @@ def _config_text(
             "",
             "[identity]",
             f"cloud = {json.dumps(cloud)}",
-            f'cert_file = "{DEVICE_CERT}"',
-            f'key_file = "{DEVICE_KEY}"',
+            f"cert_file = {cert}",
+            f"key_file = {key}",
             "",
             "[fl]",
             "# The SuperNode key is the device key (OpenSSH format); register node.pub",
             "# with the SuperLink (`edgefleet fl start --node-key`).",
-            f'auth_private_key = "{NODE_KEY}"',
-            f'auth_public_key = "{NODE_PUB}"',
+            f"auth_private_key = {json.dumps(ident + NODE_KEY)}",
+            f"auth_public_key = {json.dumps(ident + NODE_PUB)}",
             "",
         ]
     )
@@ -260,12 +262,23 @@ def provision(
     dev = str(answer["device_id"])
     # Nothing is written before the cloud said yes: a refused claim leaves the directory as
     # it was.
-    _write(d / DEVICE_KEY, pem, 0o600)
-    _write(d / NODE_KEY, ssh, 0o600)
-    _write(d / NODE_PUB, pub + f" {dev}\n".encode(), 0o644)
-    _write(d / DEVICE_CERT, answer["certificate"].encode(), 0o644)
+    state = data_dir or default_data_dir(d)
+    # The files renewal rewrites (certificate, key, SuperNode key) live in the state directory
+    # when it is the service's (/var/lib/edgefleet): under ProtectSystem=strict the agent may
+    # write nothing else, and /etc/edgefleet (the config, the trusted keys) stays read-only.
+    renewable = Path(state) / "identity" if Path(state).is_absolute() else d
+    renewable.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _write(renewable / DEVICE_KEY, pem, 0o600)
+    _write(renewable / NODE_KEY, ssh, 0o600)
+    _write(renewable / NODE_PUB, pub + f" {dev}\n".encode(), 0o644)
+    _write(renewable / DEVICE_CERT, answer["certificate"].encode(), 0o644)
     _write(d / CA_CERT, answer["ca"].encode(), 0o644)
-    files: dict[str, Any] = {"command_keys": [], "trusted_keys": [], "record_key": False}
+    files: dict[str, Any] = {
+        "command_keys": [],
+        "trusted_keys": [],
+        "record_key": False,
+        "identity": "" if renewable == d else f"{renewable}/",
+    }
     for i, text in enumerate(answer.get("command_keys") or []):
         _write(d / f"command-{i}.pub", text.encode(), 0o644)
         files["command_keys"].append(f"command-{i}.pub")
@@ -277,7 +290,6 @@ def provision(
         files["record_key"] = True
     if answer.get("device_token"):
         _write(d / DEVICE_TOKEN, answer["device_token"].encode() + b"\n", 0o600)
-    state = data_dir or default_data_dir(d)
     # A relative state directory lives beside the config; /var/lib/edgefleet is the service's
     # StateDirectory, which systemd creates with the service user as owner.
     if not Path(state).is_absolute():
