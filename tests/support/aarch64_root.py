@@ -127,7 +127,7 @@ def enable_binfmt() -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -145,7 +145,7 @@ def build_tarball(log: IO[str] | None = None) -> tuple[Path, float]:
     """
     enable_binfmt()
     target = tarball_path()
-    with _locked(target.with_suffix(".lock")):
+    with locked(target.with_suffix(".lock")):
         if target.exists():
             return target, 0.0
         started = time.monotonic()

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from support.aarch64_root import _locked, cache_dir, host_ca_bundle
+from support.aarch64_root import cache_dir, host_ca_bundle, locked
 
 SUITE = "bookworm"  # python3 3.11, the oldest Python edgefleet supports
 MIRROR = os.environ.get("EDGEFLEET_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -57,7 +57,7 @@ def build_tarball(log: IO[str] | None = None) -> Path:
     """The cached root tarball, built with debootstrap if missing (callers share it by a lock)."""
     target = tarball_path()
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.with_suffix(".lock")):
+    with locked(target.with_suffix(".lock")):
         if target.exists():
             return target
         work = target.parent / f".build-systemd-{os.getpid()}"
