@@ -128,6 +128,7 @@ def enable_binfmt() -> str:
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (one builder of a cached root at a time)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
