@@ -206,7 +206,9 @@ def test_deploy_installs_provisions_and_brings_the_device_online_and_is_idempote
 
         # What deploy did on the device: provisioned, the unit installed, the service venv.
         etc = root / "etc/edgefleet"
-        assert (etc / "device.crt").is_file()
+        # The renewable identity lives in the service's state directory (ProtectSystem=strict).
+        crt = root / "var/lib/edgefleet/identity/device.crt"
+        assert crt.is_file()
         assert (root / "etc/systemd/system/edgefleet-agent.service").is_file()
         assert (root / "opt/edgefleet/venv/bin/edgefleet-agent").is_file()
         assert "edgefleet:" in (root / "etc/passwd").read_text()
@@ -215,7 +217,7 @@ def test_deploy_installs_provisions_and_brings_the_device_online_and_is_idempote
         assert device.device_id in rows[good_host]
         # Both hosts' keys were recorded (accept-new), so the second run checks them.
         assert known.read_text().count(DEVICE_IP) == 2
-        cert = (etc / "device.crt").read_bytes()
+        cert = crt.read_bytes()
         config = (etc / "agent.toml").read_bytes()
         pid = (root / "var/lib/edgefleet/deploy-agent.pid").read_text()
 
@@ -224,7 +226,7 @@ def test_deploy_installs_provisions_and_brings_the_device_online_and_is_idempote
         assert "unchanged" in second.stdout, second.stdout
         assert "deployed" not in second.stdout, second.stdout
         # Nothing changed: the same identity, config and running agent.
-        assert (etc / "device.crt").read_bytes() == cert
+        assert crt.read_bytes() == cert
         assert (etc / "agent.toml").read_bytes() == config
         assert (root / "var/lib/edgefleet/deploy-agent.pid").read_text() == pid
         assert [d.device_id for d in cloud.store.devices()] == [device.device_id]

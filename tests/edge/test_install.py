@@ -396,3 +396,17 @@ def test_upgrade_rolls_the_venv_back_when_the_new_version_fails_its_check(tmp_pa
     assert json.loads(log.read_text().splitlines()[-1])[0] == "2.1"
     assert not (root / "opt/edgefleet/venv.rollback").exists()
     assert (root / "etc/systemd/system/edgefleet-agent.service").read_text() == service["unit"]
+
+
+def test_a_venv_the_service_cannot_see_is_refused_except_for_a_staging_root(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from edgefleet.edge import install
+
+    monkeypatch.setattr(install.sys, "executable", "/tmp/build/.venv/bin/python")
+    with pytest.raises(InstallError, match="under /tmp, which the service cannot see"):
+        install._current_python()
+    # --root writes a unit for another file system: this venv's place is the builder's choice.
+    assert install._current_python(staging=True) == install.PurePosixPath(
+        "/tmp/build/.venv/bin/python"
+    )

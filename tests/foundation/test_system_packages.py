@@ -30,6 +30,7 @@ COMMANDS = (
     "mosquitto_sub",
     "mosquitto_passwd",
     "systemd-analyze",
+    "systemd-nspawn",
 )
 SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
 NOBODY = 65534

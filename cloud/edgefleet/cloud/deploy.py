@@ -308,7 +308,8 @@ class _Host:
 
     async def provisioned_id(self) -> str | None:
         """The device id of an existing config with its identity, or None."""
-        config, cert = self.etc / "agent.toml", self.etc / "device.crt"
+        # `agent provision` keeps the renewable identity in the service's state directory.
+        config, cert = self.etc / "agent.toml", self.at(STATE) / "identity" / "device.crt"
         if not await self.test(f"test -f {shlex.quote(str(cert))}"):
             return None
         try:

@@ -447,10 +447,14 @@ def _read_config(opts: InstallOptions, plan: Plan) -> tuple[str, str]:
     )
 
 
-def _current_python() -> PurePosixPath:
-    """``--use-current-venv``: this interpreter, if the service can see it and it has the extra."""
+def _current_python(staging: bool = False) -> PurePosixPath:
+    """``--use-current-venv``: this interpreter, if the service can see it and it has the extra.
+
+    ``staging`` (``--root``): the unit is written for another file system whose service this
+    machine never runs, so where this venv lives is the builder's business, not a refusal.
+    """
     python = PurePosixPath(sys.executable)
-    hidden = _under_any(str(python), HIDDEN)
+    hidden = None if staging else _under_any(str(python), HIDDEN)
     if hidden is not None:
         raise InstallError(
             f"--use-current-venv: {python} is under {hidden}, which the service cannot see "
@@ -504,7 +508,8 @@ def plan_install(opts: InstallOptions) -> Plan:
     text, origin = _read_config(opts, plan)
     cfg = _parse_for_target(text, origin, root)
     check_config_for_service(cfg, origin, root)
-    python = _current_python() if opts.use_current_venv else opts.venv / "bin" / "python"
+    staging = Path(opts.root) != Path("/")
+    python = _current_python(staging) if opts.use_current_venv else opts.venv / "bin" / "python"
     # The user first: its group makes the config readable by the agent and no one else.
     plan.steps += _user_steps(plan)
     if not opts.use_current_venv:

@@ -21,7 +21,7 @@ import stat
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edgefleet.edge.config import AgentConfig, load_config
@@ -160,7 +160,16 @@ def default_data_dir(config_dir: Path) -> str:
     only its ``StateDirectory``, so a data directory under ``/etc/edgefleet`` would fail there.
     Any other config directory (a test, a laptop) keeps its data beside the config.
     """
-    return "/var/lib/edgefleet" if Path(config_dir) == Path("/etc/edgefleet") else "data"
+    return "/var/lib/edgefleet" if Path(config_dir).parts[-2:] == ("etc", "edgefleet") else "data"
+
+
+def target_root(config_dir: Path) -> Path:
+    """The file system the service runs on: ``/``, or a staging root (``ROOT/etc/edgefleet``).
+
+    Absolute paths in the config are the service's view; files are written under this root.
+    """
+    d = Path(config_dir)
+    return d.parent.parent if d.parts[-2:] == ("etc", "edgefleet") else Path("/")
 
 
 def _config_text(
@@ -266,7 +275,8 @@ def provision(
     # The files renewal rewrites (certificate, key, SuperNode key) live in the state directory
     # when it is the service's (/var/lib/edgefleet): under ProtectSystem=strict the agent may
     # write nothing else, and /etc/edgefleet (the config, the trusted keys) stays read-only.
-    renewable = Path(state) / "identity" if Path(state).is_absolute() else d
+    seen = PurePosixPath(state) / "identity"  # as the service sees it
+    renewable = target_root(d) / seen.relative_to("/") if seen.is_absolute() else d
     renewable.mkdir(mode=0o700, parents=True, exist_ok=True)
     _write(renewable / DEVICE_KEY, pem, 0o600)
     _write(renewable / NODE_KEY, ssh, 0o600)
@@ -277,7 +287,7 @@ def provision(
         "command_keys": [],
         "trusted_keys": [],
         "record_key": False,
-        "identity": "" if renewable == d else f"{renewable}/",
+        "identity": "" if renewable == d else f"{seen}/",
     }
     for i, text in enumerate(answer.get("command_keys") or []):
         _write(d / f"command-{i}.pub", text.encode(), 0o644)
