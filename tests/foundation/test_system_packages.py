@@ -154,10 +154,14 @@ def test_an_unreachable_postgres_is_named_but_not_fatal(open_dir: Path) -> None:
 
 def test_make_test_runs_the_check_before_it_makes_the_venv(open_dir: Path) -> None:
     venv = open_dir / "fresh-venv"
+    # Run as a top-level make even when the suite itself runs under `make test` (as in CI):
+    # an inherited MAKELEVEL makes make print "Entering directory" lines first.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     for jobs in ([], ["-j4"]):
         dry = subprocess.run(
             ["make", "-n", *jobs, "test", f"VENV={venv}"],
             cwd=ROOT,
+            env=env,
             capture_output=True,
             text=True,
             check=True,
